@@ -1,0 +1,62 @@
+"""Exceptions raised by sa_signals; every one derives from :class:`SignalsError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClientStateError",
+    "ConfigurationError",
+    "InvalidQueryError",
+    "InvalidSignalError",
+    "MissingDependencyError",
+    "SignalsError",
+    "TimescaleUnavailableError",
+    "WriteError",
+]
+
+
+class SignalsError(Exception):
+    """Base class of every error raised by sa_signals."""
+
+
+class ConfigurationError(SignalsError, ValueError):
+    """An option given to a table factory, client or repository is invalid."""
+
+
+class InvalidSignalError(SignalsError, ValueError):
+    """A signal failed validation; nothing of the call was written.
+
+    ``index`` is the position of the signal in the caller's iterable and ``field`` the offending
+    attribute (``None`` when the signal as a whole is unusable).
+    """
+
+    def __init__(self, index: int, field: str | None, message: str) -> None:
+        self.index = index
+        self.field = field
+        self.reason = message
+        where = f"signal[{index}]" + (f".{field}" if field else "")
+        super().__init__(f"{where}: {message}")
+
+
+class InvalidQueryError(SignalsError, ValueError):
+    """A query argument (window, limit, names, timestamps) is invalid."""
+
+
+class TimescaleUnavailableError(SignalsError):
+    """TimescaleDB was required but the ``timescaledb`` extension is not installed."""
+
+
+class MissingDependencyError(SignalsError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed; install it with: pip install 'sa_signals[{extra}]'"
+        )
+
+
+class ClientStateError(SignalsError, RuntimeError):
+    """A client was used outside its context manager (``with`` / ``async with``)."""
+
+
+class WriteError(SignalsError):
+    """A write failed in the database; the transaction was rolled back and nothing was kept."""

@@ -1,0 +1,169 @@
+"""The signals table: a factory for any ``MetaData``, a declarative mixin and the default model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    Double,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr
+from sqlalchemy.sql.elements import conv
+
+from .ddl import attach_ddl_hooks
+from .errors import ConfigurationError
+from .options import TIMESCALE_INFO_KEY, TimescaleOptions
+from .types import JSONDocument, timestamptz
+
+__all__ = [
+    "DEFAULT_NAMING",
+    "KEY_COLUMNS",
+    "SIGNAL_COLUMNS",
+    "Signal",
+    "SignalMixin",
+    "signals_metadata",
+    "signals_table",
+]
+
+#: The primary key, in the order rows are sorted for writes.
+KEY_COLUMNS: tuple[str, ...] = ("provider", "symbol", "ts", "name")
+#: The columns a caller writes (``created_at`` is filled by the database).
+SIGNAL_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, "value", "score", "metadata")
+
+#: Name templates for the table's constraints and indexes. ``%(table_name)s`` and
+#: ``%(constraint_name)s`` are substituted; pass ``naming=`` to :func:`signals_table` to override.
+DEFAULT_NAMING: Mapping[str, str] = {
+    "pk": "pk_%(table_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "ix": "ix_%(table_name)s_%(constraint_name)s",
+}
+
+_DEFAULT_TIMESCALE = TimescaleOptions()
+
+
+def _name(naming: Mapping[str, str], kind: str, table: str, short: str) -> conv:
+    # conv() marks the name final so a host metadata's naming_convention does not rewrite it.
+    return conv(naming[kind] % {"table_name": table, "constraint_name": short})
+
+
+def signals_table(
+    metadata: MetaData,
+    name: str = "signals",
+    *,
+    schema: str | None = None,
+    timescale: TimescaleOptions | None = _DEFAULT_TIMESCALE,
+    naming: Mapping[str, str] | None = None,
+) -> Table:
+    """Define the signals table on ``metadata`` (the host application's own, typically).
+
+    The columns, check constraint, primary key and the three indexes are those of the spec.
+    ``timescale`` (``None`` for a plain table) is stored in ``Table.info`` and applied by an
+    ``after_create`` hook on PostgreSQL when the ``timescaledb`` extension is present.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"table name must be a non-empty string, got {name!r}")
+    if timescale is not None and not isinstance(timescale, TimescaleOptions):
+        raise ConfigurationError(f"timescale must be TimescaleOptions or None, got {timescale!r}")
+    names = {**DEFAULT_NAMING, **(naming or {})}
+    table = Table(
+        name,
+        metadata,
+        Column("provider", Text, nullable=False),
+        Column("symbol", Text, nullable=False),
+        Column("ts", timestamptz(), nullable=False),
+        Column("name", Text, nullable=False),
+        Column("value", Double, nullable=False),
+        Column("score", Double, nullable=True),
+        Column("metadata", JSONDocument(), nullable=True),
+        Column("created_at", timestamptz(), nullable=False, server_default=func.now()),
+        PrimaryKeyConstraint(*KEY_COLUMNS, name=_name(names, "pk", name, "")),
+        CheckConstraint("symbol = UPPER(symbol)", name=_name(names, "ck", name, "symbol_upper")),
+        schema=schema,
+        info={TIMESCALE_INFO_KEY: timescale} if timescale is not None else {},
+    )
+    c = table.c
+    Index(
+        _name(names, "ix", name, "provider_symbol_name_ts"),
+        c.provider,
+        c.symbol,
+        c.name,
+        c.ts.desc(),
+    )
+    Index(_name(names, "ix", name, "ts"), c.ts.desc())
+    Index(_name(names, "ix", name, "name_ts"), c.name, c.ts.desc())
+    if timescale is not None:
+        if timescale.time_column not in c:
+            raise ConfigurationError(f"time_column {timescale.time_column!r} is not a column")
+        attach_ddl_hooks(table)
+    return table
+
+
+class SignalMixin:
+    """Declarative mixin: ``class MySignal(SignalMixin, Base): __tablename__ = "signals"``.
+
+    The table is built by :func:`signals_table` on the base's metadata; set ``__timescale__``
+    (``None`` for a plain table) and ``__table_schema__`` on the class to customise it. The JSON
+    column ``metadata`` is mapped as the attribute ``metadata_`` because declarative reserves
+    ``metadata``.
+    """
+
+    __timescale__: TimescaleOptions | None = _DEFAULT_TIMESCALE
+    __table_schema__: str | None = None
+
+    if TYPE_CHECKING:
+        # Typing only: the mapped attributes come from ``__table__`` below.
+        provider: Mapped[str]
+        symbol: Mapped[str]
+        ts: Mapped[datetime]
+        name: Mapped[str]
+        value: Mapped[float]
+        score: Mapped[float | None]
+        metadata_: Mapped[dict[str, Any] | None]
+        created_at: Mapped[datetime]
+
+        def __init__(self, **kwargs: Any) -> None: ...
+
+    @declared_attr.directive
+    def __table__(cls) -> Table:
+        tablename: str = getattr(cls, "__tablename__", None) or "signals"
+        return signals_table(
+            cls.metadata,  # type: ignore[attr-defined]
+            tablename,
+            schema=cls.__table_schema__,
+            timescale=cls.__timescale__,
+        )
+
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:
+        table: Table = cls.__table__
+        return {"properties": {"metadata_": table.c.metadata}, "exclude_properties": ["metadata"]}
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(provider={self.provider!r}, symbol={self.symbol!r}, "
+            f"ts={self.ts!r}, name={self.name!r}, value={self.value!r})"
+        )
+
+
+class _SignalsBase(DeclarativeBase):
+    """The library-owned declarative base behind :class:`Signal`."""
+
+
+#: The metadata that holds the default ``signals`` table.
+signals_metadata: MetaData = _SignalsBase.metadata
+
+
+class Signal(SignalMixin, _SignalsBase):  # type: ignore[misc]
+    """The default model: table ``signals``, default schema, the spec's Timescale settings."""
+
+    __tablename__ = "signals"
