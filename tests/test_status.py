@@ -1,0 +1,147 @@
+"""storage_stats(): sizes, row counts, hypertable, compression and policies on each tier."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import Table, insert
+
+from sa_signals import ConfigurationError
+from sa_signals.status import StorageStats, storage_stats
+
+from .conftest import Database
+
+SPEC_INDEXES = {"ix_signals_provider_symbol_name_ts", "ix_signals_ts", "ix_signals_name_ts"}
+
+
+def _rows(count: int, *, days: int = 1) -> list[dict[str, object]]:
+    """``count`` signals spread over ``days`` days ending at a fixed past instant."""
+    end = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    step = timedelta(days=days) / count
+    return [
+        {
+            "provider": f"p{i % 3}",
+            "symbol": "SPY" if i % 2 else "QQQ",
+            "ts": end - step * i,
+            "name": "vwap_cross_up",
+            "value": float(i),
+            "score": 0.5,
+            "metadata": {"window": "1m", "i": i},
+        }
+        for i in range(count)
+    ]
+
+
+def _fill(db: Database, table: Table, rows: list[dict[str, object]]) -> None:
+    # Multi-row INSERTs of modest size: the TimescaleDB tier (PGlite) rejects psycopg's
+    # pipelined executemany ("prepared statement already exists") and drops huge messages.
+    with db.engine.begin() as conn:
+        for start in range(0, len(rows), 200):
+            conn.execute(insert(table).values(rows[start : start + 200]))
+
+
+def _stats(db: Database, table: Table | str, **kwargs: object) -> StorageStats:
+    with db.engine.connect() as conn:
+        return storage_stats(conn, table, **kwargs)  # type: ignore[arg-type]
+
+
+def test_missing_table_is_a_clear_error(db: Database) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist"), db.engine.connect() as conn:
+        storage_stats(conn, "no_such_table", schema=db.schema)
+
+
+def test_sqlite_counts_rows_and_reports_pages_and_file(sqlite_db: Database) -> None:
+    _fill(sqlite_db, sqlite_db.table, _rows(300))
+    stats = _stats(sqlite_db, sqlite_db.table)
+    assert stats.backend == "sqlite"
+    assert (stats.row_estimate, stats.row_count_exact) == (300, True)
+    assert stats.page_size and stats.page_count
+    assert stats.file_bytes == stats.page_size * stats.page_count
+    assert stats.table_bytes and stats.table_bytes > 0
+    names = {index.name for index in stats.indexes}
+    assert SPEC_INDEXES <= names
+    assert stats.index_bytes == sum(index.size_bytes or 0 for index in stats.indexes)
+    assert stats.hypertable is None
+
+
+def test_plain_postgresql_sizes_add_up_and_estimate_follows_analyze(
+    postgres_db: Database,
+) -> None:
+    _fill(postgres_db, postgres_db.table, _rows(500))
+    before = _stats(postgres_db, postgres_db.table)
+    assert before.backend == "postgresql"
+    assert before.hypertable is None and before.timescale_version is None
+    assert any("timescaledb extension not installed" in note for note in before.notes)
+    assert before.total_bytes == (
+        (before.table_bytes or 0) + (before.toast_bytes or 0) + (before.index_bytes or 0)
+    )
+    assert before.table_bytes and before.table_bytes > 0
+    assert {index.name for index in before.indexes} == {*SPEC_INDEXES, "pk_signals"}
+    assert before.index_bytes == sum(index.size_bytes or 0 for index in before.indexes)
+
+    postgres_db.sql(f'ANALYZE "{postgres_db.schema}".signals')
+    assert _stats(postgres_db, postgres_db.table).row_estimate == 500
+    exact = _stats(postgres_db, "signals", schema=postgres_db.schema, exact_count=True)
+    assert (exact.row_estimate, exact.row_count_exact) == (500, True)
+
+
+def test_quoted_names_and_schema(pg_db: Database) -> None:
+    table = pg_db.make_table("Odd Name", timescale=None)
+    pg_db.metadata.create_all(pg_db.engine)
+    _fill(pg_db, table, _rows(10))
+    stats = _stats(pg_db, "Odd Name", schema=pg_db.schema, exact_count=True)
+    assert (stats.table, stats.schema, stats.row_estimate) == ("Odd Name", pg_db.schema, 10)
+
+
+def test_plain_table_in_timescale_database_says_so(timescale_db: Database) -> None:
+    table = timescale_db.make_table("plain", timescale=None)
+    timescale_db.metadata.create_all(timescale_db.engine)
+    stats = _stats(timescale_db, table)
+    assert stats.backend == "postgresql"
+    assert stats.timescale_version is not None
+    assert any("not a hypertable" in note for note in stats.notes)
+
+
+def test_hypertable_chunks_settings_and_policies(timescale_db: Database) -> None:
+    # 3 weeks of rows in 7-day chunks: between 3 and 4 chunks depending on alignment.
+    _fill(timescale_db, timescale_db.table, _rows(210, days=21))
+    stats = _stats(timescale_db, timescale_db.table)
+    assert stats.backend == "timescaledb"
+    hyper = stats.hypertable
+    assert hyper is not None
+    assert hyper.time_column == "ts"
+    assert hyper.chunk_time_interval == timedelta(days=7)
+    (chunks,) = timescale_db.sql(
+        "SELECT count(*) FROM timescaledb_information.chunks "
+        "WHERE hypertable_schema = :s AND hypertable_name = 'signals'",
+        s=timescale_db.schema,
+    )[0]
+    assert hyper.chunk_count == chunks and 3 <= chunks <= 4
+    assert hyper.compressed_chunk_count == 0
+    assert hyper.segment_by == ("provider", "symbol", "name")
+    assert hyper.order_by == ("ts DESC",)
+    assert hyper.compress_after == timedelta(days=30)
+    assert [policy.kind for policy in hyper.policies] == ["policy_compression"]
+    assert hyper.policies[0].config["compress_after"] == "30 days"
+    # The hypertable root holds nothing; the sizes come from its chunks.
+    (root_size,) = timescale_db.sql(
+        f"SELECT pg_total_relation_size('\"{timescale_db.schema}\".signals')"
+    )[0]
+    assert stats.total_bytes is not None and stats.total_bytes > 10 * int(root_size or 1)
+    assert {index.name for index in stats.indexes} == {*SPEC_INDEXES, "pk_signals"}
+
+
+def test_compression_stats_after_compress_chunk(timescale_db: Database) -> None:
+    _fill(timescale_db, timescale_db.table, _rows(2000, days=14))
+    qualified = f'"{timescale_db.schema}".signals'
+    timescale_db.sql(f"SELECT compress_chunk(c) FROM show_chunks('{qualified}') c")
+    stats = _stats(timescale_db, timescale_db.table, exact_count=True)
+    hyper = stats.hypertable
+    assert hyper is not None and hyper.compression is not None
+    assert hyper.compressed_chunk_count == hyper.chunk_count >= 2
+    assert hyper.compression.compressed_chunks == hyper.chunk_count
+    before, after = hyper.compression.before_bytes, hyper.compression.after_bytes
+    assert before and after
+    assert hyper.compression.ratio == pytest.approx(before / after)
+    assert stats.row_estimate == 2000
