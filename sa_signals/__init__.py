@@ -22,7 +22,11 @@ from .model import (
     signals_metadata,
     signals_table,
 )
+from .metrics import WriteMetrics, write_metrics
 from .options import TimescaleOptions, get_timescale_options
+from .repository import AsyncSignalRepository, SignalRepository
+from .result import WriteResult
+from .store import AsyncSignalsStoreClient, SignalsStoreClient
 
 __version__ = "0.1.0"
 
@@ -30,6 +34,8 @@ __all__ = [
     "DEFAULT_NAMING",
     "KEY_COLUMNS",
     "SIGNAL_COLUMNS",
+    "AsyncSignalRepository",
+    "AsyncSignalsStoreClient",
     "ClientStateError",
     "ConfigurationError",
     "InvalidQueryError",
@@ -37,13 +43,18 @@ __all__ = [
     "MissingDependencyError",
     "Signal",
     "SignalMixin",
+    "SignalRepository",
     "SignalsError",
+    "SignalsStoreClient",
     "TimescaleOptions",
     "TimescaleUnavailableError",
     "WriteError",
+    "WriteMetrics",
+    "WriteResult",
     "__version__",
     "ensure_timescale",
     "get_timescale_options",
     "signals_metadata",
     "signals_table",
+    "write_metrics",
 ]
