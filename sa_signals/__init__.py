@@ -13,6 +13,7 @@ from .errors import (
     TimescaleUnavailableError,
     WriteError,
 )
+from .metrics import WriteMetrics, write_metrics
 from .model import (
     DEFAULT_NAMING,
     KEY_COLUMNS,
@@ -22,7 +23,6 @@ from .model import (
     signals_metadata,
     signals_table,
 )
-from .metrics import WriteMetrics, write_metrics
 from .options import TimescaleOptions, get_timescale_options
 from .repository import AsyncSignalRepository, SignalRepository
 from .result import WriteResult
