@@ -102,9 +102,7 @@ def diff_table(
     # Policies go before the compression change they depend on (a compression policy blocks
     # turning compression off) and are added again after it.
     if state.compress_after is not None and state.compress_after != want_after:
-        ops.append(
-            RemoveCompressionPolicyOp(name, schema=schema, _previous=state.compress_after)
-        )
+        ops.append(RemoveCompressionPolicyOp(name, schema=schema, _previous=state.compress_after))
     previous = (state.segment_by, state.order_by) if state.compression else None
     if options.compression and (
         not state.compression

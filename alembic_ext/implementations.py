@@ -198,9 +198,7 @@ def remove_compression_policy(operations: Operations, op: RemoveCompressionPolic
 def add_retention_policy(operations: Operations, op: AddRetentionPolicyOp) -> None:
     """``add_retention_policy``."""
     if _version(operations, op, "add_retention_policy") is not None:
-        _execute(
-            operations, ddl.add_retention_policy_sql(op.table_name, op.schema, op.drop_after)
-        )
+        _execute(operations, ddl.add_retention_policy_sql(op.table_name, op.schema, op.drop_after))
 
 
 @Operations.implementation_for(RemoveRetentionPolicyOp)

@@ -343,9 +343,7 @@ class DisableCompressionOp(TimescaleOp):
 
 
 class _PolicyOp(TimescaleOp):
-    def __init__(
-        self, table_name: str, after: Interval, *, schema: str | None, name: str
-    ) -> None:
+    def __init__(self, table_name: str, after: Interval, *, schema: str | None, name: str) -> None:
         super().__init__(table_name, schema=schema)
         self.after = to_timedelta(after, name)
 
@@ -421,9 +419,7 @@ class RemoveCompressionPolicyOp(_RemovePolicyOp):
 class AddRetentionPolicyOp(_PolicyOp):
     """Drop chunks whose data is older than ``drop_after``."""
 
-    def __init__(
-        self, table_name: str, drop_after: Interval, *, schema: str | None = None
-    ) -> None:
+    def __init__(self, table_name: str, drop_after: Interval, *, schema: str | None = None) -> None:
         super().__init__(table_name, drop_after, schema=schema, name="drop_after")
 
     @property

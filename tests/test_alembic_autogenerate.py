@@ -1,4 +1,4 @@
-"""End to end: a host project made with ``alembic init`` autogenerates and runs Timescale migrations.
+"""End to end: a host project made with ``alembic init`` autogenerates and runs migrations.
 
 The host's ``env.py`` holds the signals table and one unrelated table in the test's schema; its
 settings come from environment variables so a test can change the model between runs. Most
