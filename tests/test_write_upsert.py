@@ -1,0 +1,217 @@
+"""Writing signals through the spec's client and the session repository, on every tier."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from sa_signals import (
+    ClientStateError,
+    InvalidSignalError,
+    Signal,
+    SignalRepository,
+    SignalsStoreClient,
+)
+
+from .conftest import Database
+from .test_write_helpers import BASE, expected, row_versions, signal, signals, stored, sync_client
+
+
+def test_roundtrip_every_field(db: Database) -> None:
+    items = signals(7)
+    with sync_client(db) as client:
+        assert client.write_signals(items) == 7
+        result = client.last_result
+    assert result is not None
+    assert (result.received, result.inserted, result.updated, result.unchanged) == (7, 7, 0, 0)
+    assert result.methods == ("UPSERT",)
+    held = stored(db)
+    assert held == expected(items)
+    assert held[("ibkr_primary", "SPY", BASE, "vwap_cross_up")] == (1.0, 0.85, None)
+    assert held[("ibkr_primary", "SPY", BASE + timedelta(seconds=1), "vwap_cross_up")] == (
+        1.0,
+        None,
+        {"window": "1m", "price": 425.15, "i": 1},
+    )
+
+
+def test_spec_example_metadata_dict_over_copy(db: Database) -> None:
+    # The reference failed with "cannot adapt type 'dict'" on exactly this on its COPY path.
+    items = signals(30)
+    with sync_client(db, batch_threshold=10) as client:
+        assert client.write_signals(items) == 30
+    assert stored(db) == expected(items)
+
+
+def test_replay_returns_same_count_and_changes_nothing(db: Database) -> None:
+    items = signals(40)
+    with sync_client(db) as client:
+        assert client.write_signals(items) == 40
+        before = row_versions(db) if db.is_postgres else None
+        assert client.write_signals(items) == 40
+        result = client.last_result
+    assert result is not None
+    assert (result.inserted, result.updated, result.unchanged) == (0, 0, 40)
+    assert stored(db) == expected(items)
+    if before is not None:
+        assert row_versions(db) == before  # no row got a new version
+
+
+def test_changed_value_score_metadata_update_exactly_those_rows(db: Database) -> None:
+    items = signals(20)
+    with sync_client(db) as client:
+        client.write_signals(items)
+        before = row_versions(db) if db.is_postgres else None
+        changed = [
+            signal(3, value=9.5),
+            signal(4, score=0.1),
+            signal(5, metadata={"window": "5m"}),
+            signal(7, metadata=None),  # had metadata: becomes NULL
+            signal(8),  # unchanged
+        ]
+        assert client.write_signals(changed) == 5
+        result = client.last_result
+    assert result is not None
+    assert (result.inserted, result.updated, result.unchanged) == (0, 4, 1)
+    assert stored(db) == expected(items + changed)
+    if before is not None:
+        after = row_versions(db)
+        moved = {key for key in before if before[key] != after[key]}
+        assert moved == set(expected(changed[:4]))
+
+
+def test_duplicate_keys_last_occurrence_wins(db: Database) -> None:
+    items = [signal(1, value=1.0), signal(2), signal(1, value=2.0), signal(1, value=3.0)]
+    with sync_client(db) as client:
+        assert client.write_signals(items) == 4
+        result = client.last_result
+    assert result is not None
+    assert (result.inserted, result.duplicates) == (2, 2)
+    assert stored(db) == expected(items)
+    assert stored(db)[("ibkr_primary", "SPY", BASE + timedelta(seconds=1), "vwap_cross_up")][0] == 3
+
+
+def test_lowercase_symbols_are_uppercased(db: Database) -> None:
+    items = [signal(0, symbol="spy"), signal(1, symbol="Qqq")]
+    with sync_client(db) as client:
+        client.write_signals(items)
+        client.write_signals([signal(0, symbol="SPY", value=2.0)])  # same key as "spy"
+    assert {key[1] for key in stored(db)} == {"SPY", "QQQ"}
+    assert stored(db)[("ibkr_primary", "SPY", BASE, "vwap_cross_up")][0] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("ts", BASE.replace(tzinfo=None)),
+        ("value", True),
+        ("value", float("nan")),
+        ("score", float("inf")),
+        ("metadata", {"bad": float("nan")}),
+        ("symbol", ""),
+    ],
+)
+def test_bad_input_raises_and_leaves_table_unchanged(
+    db: Database, field: str, value: object
+) -> None:
+    with sync_client(db) as client:
+        client.write_signals(signals(3, value=5.0))
+        before = stored(db)
+        items = signals(5)
+        setattr(items[4], field, value)
+        with pytest.raises(InvalidSignalError) as info:
+            client.write_signals(items, batch_size=2)  # batches 0-1 and 2-3 go first
+    assert (info.value.index, info.value.field) == (4, field)
+    assert stored(db) == before
+
+
+def test_bad_3000th_signal_of_a_copy_sized_call(db: Database) -> None:
+    items = signals(3000)
+    items[2999].ts = items[2999].ts.replace(tzinfo=None)
+    with sync_client(db) as client:
+        with pytest.raises(InvalidSignalError) as info:
+            client.write_signals(items)  # two batches of 1000 are merged before the error
+        assert client.last_result is None
+    assert (info.value.index, info.value.field) == (2999, "ts")
+    assert stored(db) == {}
+
+
+def test_repository_validates_a_whole_sequence_before_sending_sql(db: Database) -> None:
+    table = db.table
+    items = signals(3000)
+    items[2999].value = "1.0"
+    with Session(db.engine) as session:
+        repo = SignalRepository(session, table)
+        with pytest.raises(InvalidSignalError, match=r"signal\[2999\]\.value"):
+            repo.upsert(items)
+        # Nothing was sent, so the transaction is still usable and commits nothing.
+        repo.upsert(signals(2))
+        session.commit()
+    assert stored(db) == expected(signals(2))
+
+
+def test_repository_joins_the_callers_transaction(db: Database) -> None:
+    with Session(db.engine) as session:
+        repo = SignalRepository(session, db.table, batch_threshold=10**9)
+        result = repo.upsert(signals(5))
+        assert result.inserted == 5
+        assert repo.session is session
+        session.rollback()
+    assert stored(db) == {}
+
+
+def test_accepts_dicts_dataclass_like_objects_and_model_instances(db: Database) -> None:
+    as_dict = {"provider": "p", "symbol": "a", "ts": BASE, "name": "n", "value": 1}
+    as_model = Signal(provider="p", symbol="B", ts=BASE, name="n", value=2.0, metadata_={"k": 1})
+    as_namespace = SimpleNamespace(provider="p", symbol="C", ts=BASE, name="n", value=3.5)
+    with sync_client(db) as client:
+        assert client.write_signals([as_dict, as_model, as_namespace]) == 3
+    assert stored(db) == {
+        ("p", "A", BASE, "n"): (1.0, None, None),
+        ("p", "B", BASE, "n"): (2.0, None, {"k": 1}),
+        ("p", "C", BASE, "n"): (3.5, None, None),
+    }
+
+
+def test_empty_input_writes_nothing(db: Database) -> None:
+    with sync_client(db) as client:
+        assert client.write_signals([]) == 0
+        assert client.write_signals(iter(())) == 0
+    assert stored(db) == {}
+
+
+def test_client_outside_its_context_manager_is_an_error(db: Database) -> None:
+    client = sync_client(db)
+    with pytest.raises(ClientStateError, match="context manager"):
+        client.write_signals(signals(1))
+    with client:
+        pass
+    with pytest.raises(ClientStateError):
+        client.write_signals(signals(1))
+    client.close()
+
+
+def test_client_reenters_with_the_same_engine(db: Database) -> None:
+    client = sync_client(db)
+    engines = []
+    for i in range(3):
+        with client:
+            client.write_signals([signal(i)])
+            engines.append(client.engine)
+    assert engines[0] is engines[1] is engines[2]
+    client.close()
+    assert len(stored(db)) == 3
+
+
+def test_client_accepts_an_existing_engine(db: Database) -> None:
+    with SignalsStoreClient(db.engine, table=db.table) as client:
+        assert client.engine is db.engine
+        client.write_signals(signals(2))
+    client.close()
+    with db.engine.connect() as conn:  # still usable: the client did not dispose it
+        conn.execute(text("SELECT 1"))
+    assert len(stored(db)) == 2
