@@ -23,6 +23,7 @@ from .engine import async_engine, sync_engine
 from .errors import ClientStateError, ConfigurationError
 from .queries import ActiveSignal, SignalBucket, SignalMetrics, SignalRecord, SignalSummary
 from .query_repository import AsyncSignalQueryRepository, SignalQueryRepository, _default_table
+from .status import StorageStats, storage_stats
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -72,12 +73,15 @@ class SignalsQueryClient:
             self.engine.dispose()
 
     def _session(self) -> Session:
+        self._check_open()
+        return self._sessions()
+
+    def _check_open(self) -> None:
         if self._depth <= 0:
             raise ClientStateError(
                 "SignalsQueryClient is not open: "
                 "use it as 'with SignalsQueryClient(uri) as client:'"
             )
-        return self._sessions()
 
     def get_latest_signals(
         self,
@@ -148,6 +152,12 @@ class SignalsQueryClient:
                 provider, symbol, signal_name, bucket, start_ts=start_ts, end_ts=end_ts
             )
 
+    def storage_stats(self, *, exact_count: bool = False) -> StorageStats:
+        """Storage statistics of the table (:func:`sa_signals.status.storage_stats`)."""
+        self._check_open()
+        with self.engine.connect() as connection:
+            return storage_stats(connection, self.table, exact_count=exact_count)
+
 
 class AsyncSignalsQueryClient:
     """Asynchronous read client (asyncpg / aiosqlite); use it with ``async with``.
@@ -188,12 +198,15 @@ class AsyncSignalsQueryClient:
             await self.engine.dispose()
 
     def _session(self) -> AsyncSession:
+        self._check_open()
+        return self._sessions()
+
+    def _check_open(self) -> None:
         if self._depth <= 0:
             raise ClientStateError(
                 "AsyncSignalsQueryClient is not open: use it as "
                 "'async with AsyncSignalsQueryClient(uri) as client:'"
             )
-        return self._sessions()
 
     async def get_latest_signals(
         self,
@@ -260,4 +273,12 @@ class AsyncSignalsQueryClient:
             repository = AsyncSignalQueryRepository(session, self.table)
             return await repository.get_signal_buckets(
                 provider, symbol, signal_name, bucket, start_ts=start_ts, end_ts=end_ts
+            )
+
+    async def storage_stats(self, *, exact_count: bool = False) -> StorageStats:
+        """Async :meth:`SignalsQueryClient.storage_stats`."""
+        self._check_open()
+        async with self.engine.connect() as connection:
+            return await connection.run_sync(
+                lambda sync: storage_stats(sync, self.table, exact_count=exact_count)
             )
