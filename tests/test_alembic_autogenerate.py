@@ -57,13 +57,14 @@ signals_table(
         segment_by=os.environ.get("HOST_SEGMENT_BY", "provider,symbol,name").split(","),
     ),
 )
-Table(
-    "host_items",
-    target_metadata,
-    Column("id", Integer, primary_key=True),
-    Column("label", Text),
-    schema=SCHEMA,
-)
+if not os.environ.get("HOST_SIGNALS_ONLY"):
+    Table(
+        "host_items",
+        target_metadata,
+        Column("id", Integer, primary_key=True),
+        Column("label", Text),
+        schema=SCHEMA,
+    )
 
 
 def include_name(name, type_, parent_names):
@@ -157,7 +158,7 @@ class Host:
             engine.dispose()
 
 
-def _host(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
+def make_host(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     """``alembic init`` in ``tmp_path`` with the env.py above, pointed at the test's schema."""
     project = tmp_path / "host"
     config = Config(str(tmp_path / "alembic.ini"))
@@ -172,19 +173,20 @@ def _host(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host
     monkeypatch.setenv("HOST_SCHEMA", str(db.schema))
     monkeypatch.delenv("HOST_COMPRESS_AFTER_DAYS", raising=False)
     monkeypatch.delenv("HOST_SEGMENT_BY", raising=False)
+    monkeypatch.delenv("HOST_SIGNALS_ONLY", raising=False)
     return Host(project, db, url)
 
 
 @pytest.fixture
 def ts_host(timescale_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     """A host project on TimescaleDB."""
-    return _host(timescale_db, tmp_path, monkeypatch)
+    return make_host(timescale_db, tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def pg_host(postgres_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     """A host project on plain PostgreSQL."""
-    return _host(postgres_db, tmp_path, monkeypatch)
+    return make_host(postgres_db, tmp_path, monkeypatch)
 
 
 def _ops(revision_text: str, function: str = "upgrade") -> list[str]:
@@ -194,7 +196,7 @@ def _ops(revision_text: str, function: str = "upgrade") -> list[str]:
     return calls
 
 
-def _timescale_info(host: Host) -> dict[str, object]:
+def timescale_info(host: Host) -> dict[str, object]:
     where = "hypertable_schema = :s AND hypertable_name = 'signals'"
     schema = host.db.schema
     interval = host.rows(
@@ -212,13 +214,15 @@ def _timescale_info(host: Host) -> dict[str, object]:
     )
     return {
         "interval": interval[0][0] if interval else None,
-        "segmentby": [r[0] for r in sorted((s for s in settings if s[1]), key=lambda s: s[1])],
+        "segmentby": [
+            r[0] for r in sorted((s for s in settings if s[1]), key=lambda s: int(str(s[1])))
+        ],
         "orderby": [(r[0], r[3]) for r in settings if r[2] is not None],
         "jobs": jobs,
     }
 
 
-def _tables(host: Host) -> set[str]:
+def schema_tables(host: Host) -> set[str]:
     rows = host.rows(
         "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = :s", s=host.db.schema
     )
@@ -247,13 +251,13 @@ def test_autogenerate_upgrade_change_and_downgrade_on_timescale(
 
     # 2. Upgrade leaves the spec's settings.
     command.upgrade(host.config(), "head")
-    assert _timescale_info(host) == {
+    assert timescale_info(host) == {
         "interval": timedelta(days=7),
         "segmentby": ["provider", "symbol", "name"],
         "orderby": [("ts", False)],
         "jobs": [("policy_compression", "30 days")],
     }
-    assert {"signals", "host_items", "alembic_version"} <= _tables(host)
+    assert {"signals", "host_items", "alembic_version"} <= schema_tables(host)
 
     # 3. Nothing left to generate (alembic check raises on any difference).
     command.check(host.config())
@@ -277,14 +281,14 @@ def test_autogenerate_upgrade_change_and_downgrade_on_timescale(
     ]
     assert "segmentby=['provider', 'symbol', 'name']" in changed.split("def downgrade")[1]
     command.upgrade(host.config(), "head")
-    info = _timescale_info(host)
+    info = timescale_info(host)
     assert info["segmentby"] == ["provider", "symbol"]
     assert info["jobs"] == [("policy_compression", "10 days")]
     command.check(host.config())
 
     # 5. Downgrading one step restores the first settings.
     command.downgrade(host.config(), "-1")
-    info = _timescale_info(host)
+    info = timescale_info(host)
     assert info["segmentby"] == ["provider", "symbol", "name"]
     assert info["jobs"] == [("policy_compression", "30 days")]
 
@@ -299,7 +303,7 @@ def test_autogenerate_upgrade_change_and_downgrade_on_timescale(
         s=host.db.schema,
     ) == [(1,)]
     command.downgrade(host.config(), "base")
-    assert _tables(host) == {"alembic_version"}
+    assert schema_tables(host) == {"alembic_version"}
     assert host.rows("SELECT count(*) FROM " + f'"{host.db.schema}".alembic_version') == [(0,)]
     for view in ("hypertables", "jobs", "chunks"):
         assert host.rows(
@@ -316,10 +320,10 @@ def test_offline_sql_applies_cleanly(ts_host: Host) -> None:
     assert ":relation" not in sql  # values were rendered as literals
     # Autogenerate created the version table; start from an empty schema.
     host.rows(f'DROP TABLE "{host.db.schema}".alembic_version')
-    assert _tables(host) == set()
+    assert schema_tables(host) == set()
     with host.connect() as conn:
         conn.execute(sql.encode())
-    assert _timescale_info(host) == {
+    assert timescale_info(host) == {
         "interval": timedelta(days=7),
         "segmentby": ["provider", "symbol", "name"],
         "orderby": [("ts", False)],
@@ -360,4 +364,4 @@ def test_plain_postgres_upgrades_with_warnings(
         s=host.db.schema,
     ) == [("r",)]
     command.downgrade(host.config(), "base")
-    assert _tables(host) == {"alembic_version"}
+    assert schema_tables(host) == {"alembic_version"}
