@@ -1,0 +1,276 @@
+"""The PostgreSQL write path: COPY batching, replay statistics, failures and concurrency."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Connection, text
+from sqlalchemy.orm import Session
+
+from sa_signals import SignalRepository, SignalsStoreClient, WriteError
+
+from .conftest import Database
+from .test_write_helpers import BASE, expected, signal, signals, stored, sync_client
+
+
+def _xact_stats(connection: Connection, db: Database) -> tuple[int, int]:
+    """(n_tup_ins, n_tup_upd) of the signals table not yet flushed to pg_stat_user_tables.
+
+    The backend flushes these only between transactions, so a difference of two readings in
+    one transaction is exact (the view may also hold earlier, unflushed transactions).
+    """
+    row = connection.execute(
+        text(
+            "SELECT n_tup_ins, n_tup_upd FROM pg_stat_xact_user_tables "
+            "WHERE relid = to_regclass(:name)"
+        ),
+        {"name": f'"{db.schema}".signals'},
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+@pytest.mark.parametrize("threshold", [10, 10**9], ids=["copy", "executemany"])
+def test_replay_updates_no_row_per_pg_stat(postgres_db: Database, threshold: int) -> None:
+    db = postgres_db
+    items = signals(50)
+    with Session(db.engine) as session:
+        SignalRepository(session, db.table, batch_threshold=threshold).upsert(items)
+        session.commit()
+    with Session(db.engine) as session:
+        repo = SignalRepository(session, db.table, batch_threshold=threshold)
+        ins, upd = _xact_stats(session.connection(), db)
+        result = repo.upsert(items)
+        assert _xact_stats(session.connection(), db) == (ins, upd)
+        assert (result.inserted, result.updated, result.unchanged) == (0, 0, 50)
+        # The same measurement does see real updates (and inserts).
+        changed = repo.upsert([signal(1, value=7.0), signal(2, value=7.0), signal(99)] * 4)
+        assert _xact_stats(session.connection(), db) == (ins + 1, upd + 2)
+        assert (changed.inserted, changed.updated, changed.unchanged) == (1, 2, 0)
+        assert repo.last_method == ("COPY" if threshold == 10 else "UPSERT")
+        session.commit()
+
+
+@pytest.mark.parametrize(
+    ("size", "methods"),
+    [(49, ("UPSERT",)), (50, ("COPY",)), (51, ("COPY",))],
+    ids=["threshold-1", "threshold", "threshold+1"],
+)
+def test_batch_sizes_around_the_threshold(
+    postgres_db: Database, size: int, methods: tuple[str, ...]
+) -> None:
+    items = signals(size)
+    with sync_client(postgres_db, batch_threshold=50) as client:
+        assert client.write_signals(items) == size
+        assert client.last_result is not None
+        assert client.last_result.methods == methods
+        assert client.last_result.inserted == size
+        assert client.write_signals(items) == size  # replay, same path
+        assert client.last_result.unchanged == size
+    assert stored(postgres_db) == expected(items)
+
+
+def test_many_copy_batches_in_one_call_then_a_new_transaction(postgres_db: Database) -> None:
+    first = signals(1000)
+    # Key 5 again in the last batch: the later batch wins across batches too.
+    first[950] = signal(5, value=42.0)
+    with sync_client(postgres_db, batch_threshold=100) as client:
+        assert client.write_signals(first, batch_size=100) == 1000  # 10 COPY batches
+        assert client.last_result is not None
+        assert client.last_result.methods == ("COPY",)
+        assert client.last_result.inserted == 999
+        second = signals(250, start=900, value=2.0)
+        assert client.write_signals(second, batch_size=100) == 250  # COPY, COPY, UPSERT
+        assert client.last_result.methods == ("COPY", "UPSERT")
+        assert (client.last_result.inserted, client.last_result.updated) == (
+            151,
+            99,
+        )  # 1000-1149 and the missing 950
+    assert stored(postgres_db) == expected(first + second)
+
+
+def test_two_copy_calls_in_one_transaction_share_the_staging_table(postgres_db: Database) -> None:
+    db = postgres_db
+    with db.engine.connect() as conn:
+        session = Session(bind=conn)
+        repo = SignalRepository(session, db.table, batch_threshold=2)
+        repo.upsert(signals(10), batch_size=3)
+        repo.upsert(signals(10, start=5, value=3.0), batch_size=4)
+        # The staging table is a bare temporary table: no primary key, no index, no constraint.
+        stage = "to_regclass('pg_temp.sa_signals_stage')"
+        assert (
+            conn.execute(text(f"SELECT count(*) FROM pg_index WHERE indrelid = {stage}")).scalar()
+            == 0
+        )
+        assert (
+            conn.execute(
+                text(f"SELECT count(*) FROM pg_constraint WHERE conrelid = {stage}")
+            ).scalar()
+            == 0
+        )
+        session.commit()
+        # ON COMMIT DROP: gone with the transaction.
+        assert conn.execute(text(f"SELECT {stage}")).scalar() is None
+        session.close()
+    assert stored(db) == expected(signals(10) + signals(10, start=5, value=3.0))
+
+
+def test_duplicates_inside_one_copy_batch(postgres_db: Database) -> None:
+    items = [signal(i % 7, value=float(i)) for i in range(70)]
+    with sync_client(postgres_db, batch_threshold=10) as client:
+        assert client.write_signals(items) == 70
+        assert client.last_result is not None
+        assert client.last_result.methods == ("COPY",)
+        assert (client.last_result.inserted, client.last_result.duplicates) == (7, 63)
+    assert stored(postgres_db) == expected(items)
+    assert {v[0] for v in stored(postgres_db).values()} == set(map(float, range(63, 70)))
+
+
+def _sample(registry: CollectorRegistry, method: str, status: str) -> float:
+    value = registry.get_sample_value(
+        "store_signals_written_total", {"method": method, "status": status}
+    )
+    return value or 0.0
+
+
+def test_backend_killed_mid_write(postgres_db: Database) -> None:
+    db = postgres_db
+    app = f"victim-{uuid.uuid4().hex[:8]}"
+    registry = CollectorRegistry()
+    with sync_client(db, batch_threshold=100, registry=registry) as client:
+        client.write_signals(signals(10, start=10_000))
+        before = stored(db)
+
+        def stream() -> Iterator[Any]:
+            for i in range(3000):
+                if i == 1500:  # the first 1000 were COPYed and merged in this transaction
+                    killed = db.sql(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) "
+                        "FROM pg_stat_activity WHERE application_name = :app",
+                        app=app,
+                    )
+                    assert killed == [(1,)]
+                yield signal(i)
+
+        # Each with-block keeps the client's pool: name the connections so we can find them.
+        client.close()
+        client = sync_client(
+            db, batch_threshold=100, registry=registry, connect_args={"application_name": app}
+        )
+        with client:
+            with pytest.raises(WriteError):
+                client.write_signals(stream())
+            assert _sample(registry, "COPY", "failure") == 2000
+            assert stored(db) == before  # nothing partial
+            assert client.write_signals(signals(1500)) == 1500  # a fresh connection
+        client.close()
+    assert stored(db) == {**before, **expected(signals(1500))}
+    assert _sample(registry, "COPY", "success") == 1500 + 0
+    assert _sample(registry, "UPSERT", "success") == 10
+
+
+PROVIDERS = ("alpha", "Beta", "émile", "Zulu")  # sorts differently in C and in en_US collations
+
+
+def _keys(n: int) -> list[tuple[str, int]]:
+    return [(p, i) for p in PROVIDERS for i in range(n)]
+
+
+def _write_concurrently(
+    db: Database, orders: list[list[tuple[str, int]]], batch_size: int, max_attempts: int
+) -> list[BaseException]:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(orders))
+
+    def writer(number: int, order: list[tuple[str, int]]) -> None:
+        # Writers alternate between the COPY path and the executemany path.
+        threshold = 50 if number % 2 else 10**9
+        client = SignalsStoreClient(
+            db.url,
+            threshold,
+            table=db.table,
+            registry=CollectorRegistry(),
+            max_attempts=max_attempts,
+            # Detect deadlocks after 100 ms instead of 1 s (superuser-only setting; the test
+            # servers run as a superuser).
+            connect_args={"options": "-c deadlock_timeout=100"},
+        )
+        items = [signal(i, provider=p, value=float(number)) for p, i in order]
+        try:
+            with client:
+                barrier.wait()
+                for _ in range(3):
+                    client.write_signals(items, batch_size=batch_size)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=writer, args=item) for item in enumerate(orders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def _orders(n: int) -> list[list[tuple[str, int]]]:
+    keys = _keys(n)
+    shuffled = keys[:]
+    random.Random(3).shuffle(shuffled)
+    return [keys, keys[::-1], shuffled, sorted(keys, key=lambda k: (k[1], k[0]))]
+
+
+def test_concurrent_writers_in_different_orders_do_not_deadlock(postgres_db: Database) -> None:
+    # One batch per call: every statement locks rows in primary-key order, so no retry is
+    # needed (max_attempts=1 would surface a deadlock as WriteError).
+    assert _write_concurrently(postgres_db, _orders(150), batch_size=10_000, max_attempts=1) == []
+    held = stored(postgres_db)
+    assert len(held) == 600
+    assert {value for value, _, _ in held.values()} <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_concurrent_multi_batch_calls_are_retried(postgres_db: Database) -> None:
+    # Several batches per transaction in opposite orders can deadlock across batches; the
+    # client's bounded retry (40P01) resolves it, and every call ends up fully applied.
+    assert _write_concurrently(postgres_db, _orders(150), batch_size=100, max_attempts=10) == []
+    assert len(stored(postgres_db)) == 600
+
+
+class _Counted:
+    """A signal that counts how many of its kind are alive at once."""
+
+    live = 0
+    peak = 0
+    __slots__ = ("metadata", "name", "provider", "score", "symbol", "ts", "value")
+
+    def __init__(self, i: int) -> None:
+        _Counted.live += 1
+        _Counted.peak = max(_Counted.peak, _Counted.live)
+        self.provider = "p"
+        self.symbol = "SPY"
+        self.ts = BASE + timedelta(milliseconds=i)
+        self.name = "n"
+        self.value = float(i)
+        self.score = None
+        self.metadata = {"i": i}
+
+    def __del__(self) -> None:
+        _Counted.live -= 1
+
+
+def test_generator_of_200k_signals_streams_in_bounded_memory(postgres_db: Database) -> None:
+    _Counted.live = _Counted.peak = 0
+    with sync_client(postgres_db) as client:
+        written = client.write_signals((_Counted(i) for i in range(200_000)), batch_size=2000)
+    assert written == 200_000
+    assert _Counted.peak <= 2001  # one batch (plus the signal being read) at a time
+    assert postgres_db.sql(f'SELECT count(*), max(value) FROM "{postgres_db.schema}".signals') == [
+        (200_000, 199_999.0)
+    ]
