@@ -113,9 +113,23 @@ def demo_signals(count: int, anchor: datetime) -> Iterator[DemoSignal]:
 # -- output helpers -------------------------------------------------------------------------
 
 
+def _duration(value: timedelta) -> str:
+    """``7 days``, ``12 hours``, ``90 minutes``; ``str()`` for anything finer."""
+    seconds = int(value.total_seconds())
+    if seconds != value.total_seconds() or seconds <= 0:
+        return str(value)
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}" + ("" if count == 1 else "s")
+    raise AssertionError("unreachable")
+
+
 def _cell(value: object) -> str:
     if value is None:
         return "-"
+    if isinstance(value, timedelta):
+        return _duration(value)
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
     if isinstance(value, float):
@@ -254,12 +268,12 @@ def render_stats(stats: StorageStats) -> str:
     if hyper is not None:
         lines += [
             f"chunks          {hyper.chunk_count} ({hyper.compressed_chunk_count} compressed), "
-            f"interval {hyper.chunk_time_interval} on {hyper.time_column}",
+            f"interval {_cell(hyper.chunk_time_interval)} on {hyper.time_column}",
             f"chunk range     {_cell(hyper.oldest_chunk_start)} .. {_cell(hyper.newest_chunk_end)}",
             "compression     "
             + (
                 f"enabled, segment by {', '.join(hyper.segment_by) or '-'}, "
-                f"order by {', '.join(hyper.order_by) or '-'}, after {hyper.compress_after}"
+                f"order by {', '.join(hyper.order_by) or '-'}, after {_cell(hyper.compress_after)}"
                 if hyper.compression_enabled
                 else "disabled"
             ),
@@ -272,7 +286,7 @@ def render_stats(stats: StorageStats) -> str:
                 f"{_size(comp.before_bytes)} -> {_size(comp.after_bytes)} (ratio {ratio})"
             )
         if hyper.drop_after is not None:
-            lines.append(f"retention       drop chunks older than {hyper.drop_after}")
+            lines.append(f"retention       drop chunks older than {_cell(hyper.drop_after)}")
     lines.append("")
     lines.append("indexes")
     lines.append(

@@ -240,6 +240,8 @@ def _postgresql(
     elif row_estimate is None or (row_estimate == 0 and (table_bytes or 0) > 0):
         row_estimate = None
         notes.append("row estimate unknown until the table is analyzed (ANALYZE)")
+    elif hypertable is not None and hypertable.compressed_chunk_count:
+        notes.append("row estimate of compressed chunks is rough; count exactly with --exact")
     return StorageStats(
         backend="timescaledb" if hypertable is not None else "postgresql",
         table=name,
