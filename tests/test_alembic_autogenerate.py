@@ -95,10 +95,13 @@ if context.is_offline_mode():
         context.run_migrations()
 else:
     # The TimescaleDB test server serves one connection at a time: no pooled connections.
+    # It also runs every connection on one backend, where psycopg's named prepared statements
+    # of an earlier connection still exist: do not prepare.
     engine = engine_from_config(
         config.get_section(config.config_ini_section, {}),
         prefix="sqlalchemy.",
         poolclass=pool.NullPool,
+        connect_args={"prepare_threshold": None},
     )
     with engine.connect() as connection:
         context.configure(connection=connection, **OPTIONS)
@@ -125,12 +128,13 @@ class Host:
         return config
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        python_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         result = subprocess.run(
             [str(ALEMBIC), "-c", str(self.ini), *args],
             cwd=self.path,
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), *python_path])},
             timeout=120,
             check=False,
         )
@@ -149,7 +153,9 @@ class Host:
         )
 
     def rows(self, sql: str, **params: object) -> list[tuple[object, ...]]:
-        engine = create_engine(self.url, poolclass=NullPool)
+        engine = create_engine(
+            self.url, poolclass=NullPool, connect_args={"prepare_threshold": None}
+        )
         try:
             with engine.begin() as conn:
                 result = conn.execute(text(sql), params)

@@ -29,7 +29,10 @@ def host(pg_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ho
 def _config(host: Host) -> Config:
     config = host.config()
     versions = host.path / "migrations" / "versions"
-    # alembic init writes "path_separator = os": locations are joined with os.pathsep.
+    # alembic init writes "path_separator = os" ("version_path_separator" before 1.16, with an
+    # inline comment that Alembic 1.13 cannot parse): join locations with os.pathsep.
+    if config.get_main_option("version_path_separator"):
+        config.set_main_option("version_path_separator", "os")
     locations = os.pathsep.join([str(versions), str(alembic_ext.MIGRATIONS_DIR)])
     config.set_main_option("version_locations", locations)
     config.attributes["sa_signals_schema"] = host.db.schema
