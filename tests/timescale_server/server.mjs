@@ -16,6 +16,9 @@ PGLiteSocketHandler.prototype.attach = async function (socket) {
   await this.db.waitReady
   try { await this.db.exec('ROLLBACK') } catch (e) { /* no transaction open */ }
   try { await this.db.exec('DISCARD ALL') } catch (e) { console.error('DISCARD ALL failed', e) }
+  // PGlite's boot value of search_path is pg_catalog only (and it ignores startup options):
+  // restore PostgreSQL's default.
+  await this.db.exec(`SET search_path TO "$user", public`)
   return attach.call(this, socket)
 }
 
