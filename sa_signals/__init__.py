@@ -24,6 +24,9 @@ from .model import (
     signals_table,
 )
 from .options import TimescaleOptions, get_timescale_options
+from .queries import ActiveSignal, SignalBucket, SignalMetrics, SignalRecord, SignalSummary
+from .query_client import AsyncSignalsQueryClient, SignalsQueryClient
+from .query_repository import AsyncSignalQueryRepository, SignalQueryRepository
 from .repository import AsyncSignalRepository, SignalRepository
 from .result import WriteResult
 from .store import AsyncSignalsStoreClient, SignalsStoreClient
@@ -34,7 +37,10 @@ __all__ = [
     "DEFAULT_NAMING",
     "KEY_COLUMNS",
     "SIGNAL_COLUMNS",
+    "ActiveSignal",
+    "AsyncSignalQueryRepository",
     "AsyncSignalRepository",
+    "AsyncSignalsQueryClient",
     "AsyncSignalsStoreClient",
     "ClientStateError",
     "ConfigurationError",
@@ -42,9 +48,15 @@ __all__ = [
     "InvalidSignalError",
     "MissingDependencyError",
     "Signal",
+    "SignalBucket",
+    "SignalMetrics",
     "SignalMixin",
+    "SignalQueryRepository",
+    "SignalRecord",
     "SignalRepository",
+    "SignalSummary",
     "SignalsError",
+    "SignalsQueryClient",
     "SignalsStoreClient",
     "TimescaleOptions",
     "TimescaleUnavailableError",

@@ -1,0 +1,384 @@
+"""Query-path benchmark: the spec's queries on 2M signals through the sync client, the async
+client and hand-written psycopg SQL (the baseline), with p50/p95 latencies and ratios.
+
+    .venv/bin/python benchmarks/query_bench.py [--url postgresql://postgres@127.0.0.1:5432/bench_query]
+                                               [--rows 2000000] [--iterations 300] [--rounds 3]
+                                               [--reload]
+
+The database is created when missing; the table is loaded once with binary COPY (4 providers x
+100 symbols x 10 names, timestamps spread over the last 7 days, newest at load time) and kept
+for later runs (``--reload`` rebuilds it). Each round measures every query ``--iterations`` times
+per contender on the same argument sequence; the report gives the median over rounds of each
+percentile. The plan of every client query is checked for sequential scans first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from sqlalchemy import MetaData, Table
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import make_url
+
+from sa_signals import signals_table
+from sa_signals.queries import (
+    BucketFunction,
+    plan_active,
+    plan_buckets,
+    plan_history,
+    plan_latest,
+    plan_metrics,
+    plan_summary,
+)
+from sa_signals.query_client import AsyncSignalsQueryClient, SignalsQueryClient
+
+UTC = timezone.utc
+PROVIDERS = [f"provider_{i}" for i in range(4)]
+SYMBOLS = [f"SYM{i:03d}" for i in range(100)]
+NAMES = [f"signal_{i}" for i in range(10)]
+SPAN = timedelta(days=7)
+
+# Hand-written SQL for the same queries (the baseline). Same columns, same order, same limits.
+BASELINE = {
+    "latest": (
+        "SELECT provider, symbol, ts, name, value, score, metadata, created_at FROM signals "
+        "WHERE provider = %s AND symbol = %s ORDER BY ts DESC, name LIMIT %s"
+    ),
+    "latest_names": (
+        "SELECT provider, symbol, ts, name, value, score, metadata, created_at FROM signals "
+        "WHERE provider = %s AND symbol = %s AND name = ANY(%s) ORDER BY ts DESC, name LIMIT %s"
+    ),
+    "history": (
+        "SELECT provider, symbol, ts, name, value, score, metadata, created_at FROM signals "
+        "WHERE provider = %s AND symbol = %s AND ts >= %s AND ts <= %s "
+        "ORDER BY ts DESC, name LIMIT %s"
+    ),
+    "metrics": (
+        "SELECT count(*), min(value), max(value), avg(value), max(ts), min(ts), "
+        "(SELECT value FROM signals WHERE provider = %(p)s AND symbol = %(s)s AND name = %(n)s "
+        "AND ts >= %(since)s ORDER BY ts DESC LIMIT 1), stddev_samp(value) FROM signals "
+        "WHERE provider = %(p)s AND symbol = %(s)s AND name = %(n)s AND ts >= %(since)s"
+    ),
+    "active": (
+        "SELECT DISTINCT ON (symbol, name) symbol, name, value, score, ts, metadata FROM signals "
+        "WHERE provider = %s AND ts >= %s ORDER BY symbol, name, ts DESC"
+    ),
+    "summary": (
+        "SELECT count(*), count(DISTINCT symbol), count(DISTINCT name), max(ts), min(ts) "
+        "FROM signals WHERE provider = %s AND ts >= %s"
+    ),
+    "buckets": (
+        "SELECT bucket, count(*), min(value), max(value), avg(value), "
+        "(array_agg(value ORDER BY ts DESC))[1] FROM (SELECT date_bin(%(w)s, ts, %(o)s) AS bucket,"
+        " ts, value FROM signals WHERE provider = %(p)s AND symbol = %(s)s AND name = %(n)s "
+        "AND ts >= %(a)s AND ts <= %(b)s) AS binned GROUP BY bucket ORDER BY bucket"
+    ),
+}
+TARGET_P95_MS = {"latest": 5.0, "metrics": 5.0, "active": 5.0}
+TARGET_RATIO = 1.3
+
+
+def ensure_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = parsed.set(drivername="postgresql", database="postgres")
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (parsed.database,)
+        ).fetchone()
+        if not found:
+            conn.execute(f'CREATE DATABASE "{parsed.database}"')
+
+
+def load(url: str, table: Table, rows: int, reload: bool) -> datetime:
+    """Load ``rows`` signals (once); returns the newest timestamp."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"))
+    with engine.connect() as conn:
+        exists = conn.dialect.has_table(conn, table.name)
+    if exists and not reload:
+        with psycopg.connect(url) as conn:
+            count, newest = conn.execute("SELECT count(*), max(ts) FROM signals").fetchone()  # type: ignore[misc]
+        if count == rows:
+            engine.dispose()
+            return newest  # type: ignore[no-any-return]
+    table.metadata.drop_all(engine)
+    table.metadata.create_all(engine)
+    engine.dispose()
+
+    series = [(p, s, n) for p in PROVIDERS for s in SYMBOLS for n in NAMES]
+    per_series = rows // len(series)
+    step = SPAN / per_series
+    newest = datetime.now(UTC).replace(microsecond=0)
+    rng = random.Random(7)
+    phases = [step * rng.random() for _ in series]
+    started = time.perf_counter()
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        with cur.copy(
+            "COPY signals (provider, symbol, ts, name, value, score, metadata) "
+            "FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["text", "text", "timestamptz", "text", "float8", "float8", "jsonb"])
+            meta = psycopg.types.json.Jsonb({"window": "1m"})
+            # Time-ordered like a live feed: oldest first, every series interleaved.
+            for k in range(per_series, 0, -1):
+                base = newest - step * k
+                for i, (p, s, n) in enumerate(series):
+                    copy.write_row(
+                        (p, s, base + phases[i], n, rng.random() * 100, rng.random(), meta)
+                    )
+        conn.commit()
+    loaded = time.perf_counter() - started
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE signals")
+    total = per_series * len(series)
+    print(
+        f"loaded {total:,} rows with binary COPY in {loaded:.1f} s ({total / loaded:,.0f} rows/s)"
+    )
+    return newest
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Workload:
+    """The argument sequence of each query, identical for every contender."""
+
+    def __init__(self, iterations: int, newest: datetime) -> None:
+        rng = random.Random(42)
+        self.args = [
+            (rng.choice(PROVIDERS), rng.choice(SYMBOLS), rng.choice(NAMES), rng.choice(NAMES))
+            for _ in range(iterations)
+        ]
+        self.newest = newest
+
+    def history_window(self) -> tuple[datetime, datetime]:
+        return self.newest - timedelta(hours=1), self.newest
+
+
+def sync_calls(
+    client: SignalsQueryClient, w: Workload
+) -> dict[str, Callable[[tuple[Any, ...]], Any]]:
+    start, end = w.history_window()
+    return {
+        "latest": lambda a: client.get_latest_signals(a[0], a[1], limit=100),
+        "latest_names": lambda a: client.get_latest_signals(a[0], a[1], 100, [a[2], a[3]]),
+        "history": lambda a: client.get_signals_history(a[0], a[1], start, end, limit=1000),
+        "metrics": lambda a: client.get_signal_metrics(a[0], a[1], a[2], hours_back=24),
+        "active": lambda a: client.get_active_signals(a[0], minutes_back=5),
+        "summary": lambda a: client.get_signal_summary(a[0], hours_back=24),
+        "buckets": lambda a: client.get_signal_buckets(
+            a[0], a[1], a[2], timedelta(minutes=5), start_ts=start - timedelta(hours=5), end_ts=end
+        ),
+    }
+
+
+def async_calls(
+    client: AsyncSignalsQueryClient, w: Workload
+) -> dict[str, Callable[[tuple[Any, ...]], Awaitable[Any]]]:
+    start, end = w.history_window()
+    return {
+        "latest": lambda a: client.get_latest_signals(a[0], a[1], limit=100),
+        "latest_names": lambda a: client.get_latest_signals(a[0], a[1], 100, [a[2], a[3]]),
+        "history": lambda a: client.get_signals_history(a[0], a[1], start, end, limit=1000),
+        "metrics": lambda a: client.get_signal_metrics(a[0], a[1], a[2], hours_back=24),
+        "active": lambda a: client.get_active_signals(a[0], minutes_back=5),
+        "summary": lambda a: client.get_signal_summary(a[0], hours_back=24),
+        "buckets": lambda a: client.get_signal_buckets(
+            a[0], a[1], a[2], timedelta(minutes=5), start_ts=start - timedelta(hours=5), end_ts=end
+        ),
+    }
+
+
+def baseline_calls(
+    conn: psycopg.Connection[dict[str, Any]], w: Workload
+) -> dict[str, Callable[[tuple[Any, ...]], Any]]:
+    start, end = w.history_window()
+    origin = datetime(2000, 1, 3, tzinfo=UTC)
+
+    def run(sql: str, params: Any) -> list[dict[str, Any]]:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+    def now() -> datetime:
+        return datetime.now(UTC)
+
+    return {
+        "latest": lambda a: run(BASELINE["latest"], (a[0], a[1], 100)),
+        "latest_names": lambda a: run(BASELINE["latest_names"], (a[0], a[1], [a[2], a[3]], 100)),
+        "history": lambda a: run(BASELINE["history"], (a[0], a[1], start, end, 1000)),
+        "metrics": lambda a: run(
+            BASELINE["metrics"],
+            {"p": a[0], "s": a[1], "n": a[2], "since": now() - timedelta(hours=24)},
+        ),
+        "active": lambda a: run(BASELINE["active"], (a[0], now() - timedelta(minutes=5))),
+        "summary": lambda a: run(BASELINE["summary"], (a[0], now() - timedelta(hours=24))),
+        "buckets": lambda a: run(
+            BASELINE["buckets"],
+            {
+                "w": timedelta(minutes=5),
+                "o": origin,
+                "p": a[0],
+                "s": a[1],
+                "n": a[2],
+                "a": start - timedelta(hours=5),
+                "b": end,
+            },
+        ),
+    }
+
+
+def time_sync(call: Callable[[tuple[Any, ...]], Any], args: list[tuple[Any, ...]]) -> list[float]:
+    for a in args[:10]:  # warm-up: pool, statement caches, server-side prepares
+        call(a)
+    samples = []
+    for a in args:
+        t0 = time.perf_counter()
+        call(a)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+async def time_async(
+    call: Callable[[tuple[Any, ...]], Awaitable[Any]], args: list[tuple[Any, ...]]
+) -> list[float]:
+    for a in args[:10]:
+        await call(a)
+    samples = []
+    for a in args:
+        t0 = time.perf_counter()
+        await call(a)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+def check_plans(url: str, table: Table, newest: datetime) -> bool:
+    """EXPLAIN every client statement (as the client compiles it) and look for Seq Scans."""
+    dialect = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
+    start, end = newest - timedelta(hours=1), newest
+    fn: BucketFunction = "date_bin"
+    plans = {
+        "latest": plan_latest(table, dialect, "provider_1", "SYM001", 100),
+        "latest_names": plan_latest(table, dialect, "provider_1", "SYM001", 100, ["signal_1"]),
+        "history": plan_history(table, dialect, "provider_1", "SYM001", start, end),
+        "metrics": plan_metrics(table, dialect, "provider_1", "SYM001", "signal_1"),
+        "active": plan_active(table, dialect, "provider_1"),
+        "summary": plan_summary(table, dialect, "provider_1"),
+        "buckets": plan_buckets(table, fn, "provider_1", "SYM001", "signal_1", start_ts=start),
+    }
+    ok = True
+    with psycopg.connect(url) as conn:
+        for name, plan in plans.items():
+            assert plan.statement is not None
+            # Values bound into the statement, IN lists expanded: the SQL the client sends.
+            compiled = plan.statement.params(**plan.parameters).compile(dialect=dialect)
+            expanded = compiled.construct_expanded_state()
+            text = "\n".join(
+                r[0]
+                for r in conn.execute(
+                    "EXPLAIN " + expanded.statement, expanded.parameters
+                ).fetchall()
+            )
+            seq = "Seq Scan" in text
+            ok &= not seq or name == "summary"
+            scans = sorted(
+                {
+                    line.strip().split(" on ")[0].lstrip("-> ")
+                    for line in text.splitlines()
+                    if " on signals" in line or "Scan" in line
+                }
+            )
+            print(f"  {name:13s} {'SEQ SCAN' if seq else 'index only'}: {'; '.join(scans)}")
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/bench_query")
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reload", action="store_true")
+    parser.add_argument("--only", nargs="*", help="query names to run")
+    args = parser.parse_args()
+
+    ensure_database(args.url)
+    table = signals_table(MetaData(), "signals", timescale=None)
+    newest = load(args.url, table, args.rows, args.reload)
+    print("plans (client SQL, EXPLAIN on the loaded table):")
+    plans_ok = check_plans(args.url, table, newest)
+
+    work = Workload(args.iterations, newest)
+    names = args.only or list(BASELINE)
+    results: dict[str, dict[str, list[tuple[float, float]]]] = {
+        n: {"baseline": [], "sync": [], "async": []} for n in names
+    }
+
+    async def async_round(client: AsyncSignalsQueryClient) -> None:
+        calls = async_calls(client, work)
+        for n in names:
+            s = await time_async(calls[n], work.args)
+            results[n]["async"].append((percentile(s, 0.5), percentile(s, 0.95)))
+
+    for _ in range(args.rounds):
+        with psycopg.connect(args.url, autocommit=True, row_factory=dict_row) as conn:
+            calls = baseline_calls(conn, work)
+            for n in names:
+                s = time_sync(calls[n], work.args)
+                results[n]["baseline"].append((percentile(s, 0.5), percentile(s, 0.95)))
+        with SignalsQueryClient(args.url, table=table) as client:
+            sync = sync_calls(client, work)
+            for n in names:
+                s = time_sync(sync[n], work.args)
+                results[n]["sync"].append((percentile(s, 0.5), percentile(s, 0.95)))
+
+        async def run_async() -> None:
+            async with AsyncSignalsQueryClient(args.url, table=table) as client:
+                await async_round(client)
+
+        asyncio.run(run_async())
+
+    print(
+        f"\n{args.rows:,} rows, {args.iterations} calls x {args.rounds} rounds; "
+        "median over rounds of p50 / p95 in ms; ratio = client / baseline"
+    )
+    columns = ("baseline", "sync", "ratio", "async", "ratio")
+    print(f"{'query':13s} " + " ".join(f"{c:>{11 if c == 'ratio' else 15}s}" for c in columns))
+    ok = plans_ok
+    for n in names:
+        med = {
+            k: (
+                statistics.median(p[0] for p in v),
+                statistics.median(p[1] for p in v),
+            )
+            for k, v in results[n].items()
+        }
+        b = med["baseline"]
+        cells = [f"{n:13s}", f"{b[0]:6.2f} / {b[1]:6.2f}"]
+        for k in ("sync", "async"):
+            r50, r95 = med[k][0] / b[0], med[k][1] / b[1]
+            cells += [f"{med[k][0]:6.2f} / {med[k][1]:6.2f}", f"{r50:4.2f}/{r95:4.2f}"]
+            ok &= r50 <= TARGET_RATIO
+            if n in TARGET_P95_MS:
+                ok &= med[k][1] <= TARGET_P95_MS[n]
+        print(" ".join(cells))
+    print(
+        f"\ntargets: latest/metrics/active p95 <= 5 ms; p50 ratio <= {TARGET_RATIO}; "
+        f"no Seq Scan (summary exempt): {'MET' if ok else 'NOT MET'}"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
