@@ -3,7 +3,7 @@
 ``with SignalsQueryClient("postgresql://user@host/db") as client: client.get_latest_signals(...)``.
 Each client makes its engine once (from a URI, or uses the ``Engine`` it is given) and may be
 entered again after leaving; leaving disposes the pool of an engine the client made. Every
-query runs in its own short session on a pooled connection; the client's own engine is in
+query runs on a pooled connection checked out for that call only; the client's own engine is in
 autocommit mode because each query is one statement (no BEGIN/ROLLBACK round trips, no idle
 transactions between calls).
 """
@@ -15,9 +15,8 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Table
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import Session, sessionmaker
 
 from .engine import async_engine, sync_engine
 from .errors import ClientStateError, ConfigurationError
@@ -26,7 +25,7 @@ from .query_repository import AsyncSignalQueryRepository, SignalQueryRepository,
 from .status import StorageStats, storage_stats
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["AsyncSignalsQueryClient", "SignalsQueryClient"]
 
@@ -55,7 +54,6 @@ class SignalsQueryClient:
         if not self._owns_engine and engine_kwargs:
             raise ConfigurationError("engine options cannot be applied to an existing Engine")
         self.engine: Engine = sync_engine(uri, **_engine_options(engine_kwargs))
-        self._sessions = sessionmaker(self.engine)
         self._depth = 0
 
     def __enter__(self) -> SignalsQueryClient:
@@ -72,9 +70,9 @@ class SignalsQueryClient:
         if self._depth == 0 and self._owns_engine:
             self.engine.dispose()
 
-    def _session(self) -> Session:
+    def _connect(self) -> Connection:
         self._check_open()
-        return self._sessions()
+        return self.engine.connect()
 
     def _check_open(self) -> None:
         if self._depth <= 0:
@@ -91,7 +89,7 @@ class SignalsQueryClient:
         signal_names: Iterable[str] | None = None,
     ) -> list[SignalRecord]:
         """The ``limit`` newest signals of ``provider``/``symbol``, newest first then by name."""
-        with self._session() as session:
+        with self._connect() as session:
             repository = SignalQueryRepository(session, self.table)
             return repository.get_latest_signals(provider, symbol, limit, signal_names)
 
@@ -109,7 +107,7 @@ class SignalsQueryClient:
         A naive datetime is local time, so ``datetime.now() - timedelta(hours=1)`` is the
         last hour.
         """
-        with self._session() as session:
+        with self._connect() as session:
             repository = SignalQueryRepository(session, self.table)
             return repository.get_signals_history(
                 provider, symbol, start_ts, end_ts, signal_names, limit
@@ -119,19 +117,19 @@ class SignalsQueryClient:
         self, provider: str, symbol: str, signal_name: str, hours_back: float = 24
     ) -> SignalMetrics:
         """Count, min, max, avg, stddev, first/last timestamp and last value of one series."""
-        with self._session() as session:
+        with self._connect() as session:
             repository = SignalQueryRepository(session, self.table)
             return repository.get_signal_metrics(provider, symbol, signal_name, hours_back)
 
     def get_active_signals(self, provider: str, minutes_back: float = 5) -> list[ActiveSignal]:
         """The latest signal per ``(symbol, name)`` seen in the last ``minutes_back`` minutes."""
-        with self._session() as session:
+        with self._connect() as session:
             repository = SignalQueryRepository(session, self.table)
             return repository.get_active_signals(provider, minutes_back)
 
     def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Totals of ``provider``'s signals over the last ``hours_back`` hours."""
-        with self._session() as session:
+        with self._connect() as session:
             repository = SignalQueryRepository(session, self.table)
             return repository.get_signal_summary(provider, hours_back)
 
@@ -146,7 +144,7 @@ class SignalsQueryClient:
         end_ts: datetime | None = None,
     ) -> list[SignalBucket]:
         """Per-bucket count/min/max/avg/last of one series (last 24 hours by default)."""
-        with self._session() as session:
+        with self._connect() as session:
             repository = SignalQueryRepository(session, self.table)
             return repository.get_signal_buckets(
                 provider, symbol, signal_name, bucket, start_ts=start_ts, end_ts=end_ts
@@ -173,14 +171,13 @@ class AsyncSignalsQueryClient:
         table: Table | None = None,
         **engine_kwargs: Any,
     ) -> None:
-        from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+        from sqlalchemy.ext.asyncio import AsyncEngine
 
         self.table = table if table is not None else _default_table()
         self._owns_engine = not isinstance(uri, AsyncEngine)
         if not self._owns_engine and engine_kwargs:
             raise ConfigurationError("engine options cannot be applied to an existing AsyncEngine")
         self.engine: AsyncEngine = async_engine(uri, **_engine_options(engine_kwargs))
-        self._sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine)
         self._depth = 0
 
     async def __aenter__(self) -> AsyncSignalsQueryClient:
@@ -197,9 +194,9 @@ class AsyncSignalsQueryClient:
         if self._depth == 0 and self._owns_engine:
             await self.engine.dispose()
 
-    def _session(self) -> AsyncSession:
+    def _connect(self) -> AsyncConnection:
         self._check_open()
-        return self._sessions()
+        return self.engine.connect()
 
     def _check_open(self) -> None:
         if self._depth <= 0:
@@ -216,7 +213,7 @@ class AsyncSignalsQueryClient:
         signal_names: Iterable[str] | None = None,
     ) -> list[SignalRecord]:
         """Async :meth:`SignalsQueryClient.get_latest_signals`."""
-        async with self._session() as session:
+        async with self._connect() as session:
             repository = AsyncSignalQueryRepository(session, self.table)
             return await repository.get_latest_signals(provider, symbol, limit, signal_names)
 
@@ -230,7 +227,7 @@ class AsyncSignalsQueryClient:
         limit: int = 1000,
     ) -> list[SignalRecord]:
         """Async :meth:`SignalsQueryClient.get_signals_history`."""
-        async with self._session() as session:
+        async with self._connect() as session:
             repository = AsyncSignalQueryRepository(session, self.table)
             return await repository.get_signals_history(
                 provider, symbol, start_ts, end_ts, signal_names, limit
@@ -240,7 +237,7 @@ class AsyncSignalsQueryClient:
         self, provider: str, symbol: str, signal_name: str, hours_back: float = 24
     ) -> SignalMetrics:
         """Async :meth:`SignalsQueryClient.get_signal_metrics`."""
-        async with self._session() as session:
+        async with self._connect() as session:
             repository = AsyncSignalQueryRepository(session, self.table)
             return await repository.get_signal_metrics(provider, symbol, signal_name, hours_back)
 
@@ -248,13 +245,13 @@ class AsyncSignalsQueryClient:
         self, provider: str, minutes_back: float = 5
     ) -> list[ActiveSignal]:
         """Async :meth:`SignalsQueryClient.get_active_signals`."""
-        async with self._session() as session:
+        async with self._connect() as session:
             repository = AsyncSignalQueryRepository(session, self.table)
             return await repository.get_active_signals(provider, minutes_back)
 
     async def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Async :meth:`SignalsQueryClient.get_signal_summary`."""
-        async with self._session() as session:
+        async with self._connect() as session:
             repository = AsyncSignalQueryRepository(session, self.table)
             return await repository.get_signal_summary(provider, hours_back)
 
@@ -269,7 +266,7 @@ class AsyncSignalsQueryClient:
         end_ts: datetime | None = None,
     ) -> list[SignalBucket]:
         """Async :meth:`SignalsQueryClient.get_signal_buckets`."""
-        async with self._session() as session:
+        async with self._connect() as session:
             repository = AsyncSignalQueryRepository(session, self.table)
             return await repository.get_signal_buckets(
                 provider, symbol, signal_name, bucket, start_ts=start_ts, end_ts=end_ts

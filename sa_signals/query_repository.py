@@ -1,7 +1,9 @@
 """Session-scoped query repositories: the spec's read queries on a Session or AsyncSession.
 
 The query methods live in :class:`SignalQueryMethods` / :class:`AsyncSignalQueryMethods` and
-rely only on ``self.session`` and ``self.table``, so a write repository can inherit them. Both
+rely only on ``self.session`` and ``self.table``, so a write repository can inherit them.
+``session`` may also be a Core ``Connection`` / ``AsyncConnection`` (the clients pass one: it
+spares the ORM session's bookkeeping on every call). Both
 are thin shells over the plans of :mod:`sa_signals.queries`; the async class has the same
 method names and awaits the same plans.
 """
@@ -37,7 +39,7 @@ from .queries import (
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 __all__ = [
     "AsyncSignalQueryMethods",
@@ -56,6 +58,10 @@ def _engine_of(bind: Engine | Connection) -> Engine:
     return bind.engine if isinstance(bind, Connection) else bind
 
 
+def _sync_bind(session: Session | Connection) -> Engine | Connection:
+    return session.get_bind() if isinstance(session, Session) else session
+
+
 def _default_table() -> Table:
     table: Table = Signal.__table__
     return table
@@ -64,11 +70,15 @@ def _default_table() -> Table:
 class SignalQueryMethods:
     """The read queries, for any class with ``session`` (a Session) and ``table``."""
 
-    session: Session
+    session: Session | Connection
     table: Table
 
     def _query_dialect(self) -> Dialect:
-        return self.session.get_bind().dialect
+        return (
+            self.session.dialect
+            if isinstance(self.session, Connection)
+            else (self.session.get_bind().dialect)
+        )
 
     def _run_plan(self, plan: QueryPlan[T]) -> T:
         if plan.statement is None:
@@ -76,7 +86,7 @@ class SignalQueryMethods:
         return plan.finish(self.session.execute(plan.statement, plan.parameters).all())
 
     def _bucket_function(self) -> BucketFunction:
-        engine = _engine_of(self.session.get_bind())
+        engine = _engine_of(_sync_bind(self.session))
         if engine.dialect.name == "postgresql" and engine not in _TIMESCALE:
             found = self.session.execute(TIMESCALE_PROBE).first() is not None
             _TIMESCALE[engine] = found
@@ -168,11 +178,18 @@ class SignalQueryMethods:
 class AsyncSignalQueryMethods:
     """The read queries for any class with ``session`` (an AsyncSession) and ``table``."""
 
-    session: AsyncSession
+    session: AsyncSession | AsyncConnection
     table: Table
 
+    def _sync_bind(self) -> Engine | Connection:
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        if isinstance(self.session, AsyncSession):
+            return self.session.get_bind()
+        return self.session.sync_connection  # type: ignore[return-value]
+
     def _query_dialect(self) -> Dialect:
-        return self.session.get_bind().dialect
+        return self._sync_bind().dialect
 
     async def _run_plan(self, plan: QueryPlan[T]) -> T:
         if plan.statement is None:
@@ -181,7 +198,7 @@ class AsyncSignalQueryMethods:
         return plan.finish(result.all())
 
     async def _bucket_function(self) -> BucketFunction:
-        engine = _engine_of(self.session.get_bind())
+        engine = _engine_of(self._sync_bind())
         if engine.dialect.name == "postgresql" and engine not in _TIMESCALE:
             result = await self.session.execute(TIMESCALE_PROBE)
             _TIMESCALE[engine] = result.first() is not None
@@ -277,7 +294,7 @@ class SignalQueryRepository(SignalQueryMethods):
     ``table`` defaults to the default model's table (``Signal.__table__``).
     """
 
-    def __init__(self, session: Session, table: Table | None = None) -> None:
+    def __init__(self, session: Session | Connection, table: Table | None = None) -> None:
         self.session = session
         self.table = table if table is not None else _default_table()
 
@@ -285,6 +302,6 @@ class SignalQueryRepository(SignalQueryMethods):
 class AsyncSignalQueryRepository(AsyncSignalQueryMethods):
     """Read queries on an :class:`~sqlalchemy.ext.asyncio.AsyncSession` (same methods, awaited)."""
 
-    def __init__(self, session: AsyncSession, table: Table | None = None) -> None:
+    def __init__(self, session: AsyncSession | AsyncConnection, table: Table | None = None) -> None:
         self.session = session
         self.table = table if table is not None else _default_table()

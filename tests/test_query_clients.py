@@ -122,6 +122,15 @@ async def test_async_client_and_repositories_answer_like_the_sync_client(db: Dat
         await engine.dispose()
 
 
+def test_repository_on_a_core_connection(db: Database) -> None:
+    now = datetime.now(UTC)
+    _seed(db, now)
+    with Session(db.engine) as session:
+        expected = _sync_answers(SignalQueryRepository(session, db.table), now)
+    with db.engine.connect() as conn:
+        assert _sync_answers(SignalQueryRepository(conn, db.table), now) == expected
+
+
 def test_repository_keeps_session_and_defaults_to_the_default_table(
     sqlite_db: Database,
 ) -> None:
