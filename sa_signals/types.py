@@ -12,8 +12,11 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 __all__ = ["JSONDocument", "UTCDateTime", "timestamptz"]
 
 
-class _SQLiteUTCDateTime(TypeDecorator[datetime]):
-    """SQLite keeps no offset: store UTC wall time and hand back aware UTC datetimes."""
+class UTCDateTime(TypeDecorator[datetime]):
+    """SQLite keeps no offset: store UTC wall time and hand back aware UTC datetimes.
+
+    Public and stable because Alembic autogenerate writes its path into revision files.
+    """
 
     impl = DateTime
     cache_ok = True
@@ -34,11 +37,7 @@ def timestamptz() -> TypeEngine[datetime]:
 
     The SQLite variant is separate so that PostgreSQL binds carry no Python-side processing.
     """
-    return DateTime(timezone=True).with_variant(_SQLiteUTCDateTime(), "sqlite")
-
-
-#: Alias kept for readability in model code.
-UTCDateTime = timestamptz
+    return DateTime(timezone=True).with_variant(UTCDateTime(), "sqlite")
 
 
 def JSONDocument() -> TypeEngine[Any]:
