@@ -226,9 +226,13 @@ def _minutes(name: str, value: object) -> timedelta:
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is timezone.utc:
+    if value is None:
+        return None
+    tz = value.tzinfo
+    if tz is timezone.utc:
         return value
-    if value.tzinfo is None:
+    # Drivers hand out their own zero-offset timezone objects; equal to UTC means a cheap swap.
+    if tz is None or tz == timezone.utc:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
 

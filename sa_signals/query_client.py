@@ -89,8 +89,8 @@ class SignalsQueryClient:
         signal_names: Iterable[str] | None = None,
     ) -> list[SignalRecord]:
         """The ``limit`` newest signals of ``provider``/``symbol``, newest first then by name."""
-        with self._connect() as session:
-            repository = SignalQueryRepository(session, self.table)
+        with self._connect() as connection:
+            repository = SignalQueryRepository(connection, self.table)
             return repository.get_latest_signals(provider, symbol, limit, signal_names)
 
     def get_signals_history(
@@ -107,8 +107,8 @@ class SignalsQueryClient:
         A naive datetime is local time, so ``datetime.now() - timedelta(hours=1)`` is the
         last hour.
         """
-        with self._connect() as session:
-            repository = SignalQueryRepository(session, self.table)
+        with self._connect() as connection:
+            repository = SignalQueryRepository(connection, self.table)
             return repository.get_signals_history(
                 provider, symbol, start_ts, end_ts, signal_names, limit
             )
@@ -117,20 +117,20 @@ class SignalsQueryClient:
         self, provider: str, symbol: str, signal_name: str, hours_back: float = 24
     ) -> SignalMetrics:
         """Count, min, max, avg, stddev, first/last timestamp and last value of one series."""
-        with self._connect() as session:
-            repository = SignalQueryRepository(session, self.table)
+        with self._connect() as connection:
+            repository = SignalQueryRepository(connection, self.table)
             return repository.get_signal_metrics(provider, symbol, signal_name, hours_back)
 
     def get_active_signals(self, provider: str, minutes_back: float = 5) -> list[ActiveSignal]:
         """The latest signal per ``(symbol, name)`` seen in the last ``minutes_back`` minutes."""
-        with self._connect() as session:
-            repository = SignalQueryRepository(session, self.table)
+        with self._connect() as connection:
+            repository = SignalQueryRepository(connection, self.table)
             return repository.get_active_signals(provider, minutes_back)
 
     def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Totals of ``provider``'s signals over the last ``hours_back`` hours."""
-        with self._connect() as session:
-            repository = SignalQueryRepository(session, self.table)
+        with self._connect() as connection:
+            repository = SignalQueryRepository(connection, self.table)
             return repository.get_signal_summary(provider, hours_back)
 
     def get_signal_buckets(
@@ -144,8 +144,8 @@ class SignalsQueryClient:
         end_ts: datetime | None = None,
     ) -> list[SignalBucket]:
         """Per-bucket count/min/max/avg/last of one series (last 24 hours by default)."""
-        with self._connect() as session:
-            repository = SignalQueryRepository(session, self.table)
+        with self._connect() as connection:
+            repository = SignalQueryRepository(connection, self.table)
             return repository.get_signal_buckets(
                 provider, symbol, signal_name, bucket, start_ts=start_ts, end_ts=end_ts
             )
@@ -213,8 +213,8 @@ class AsyncSignalsQueryClient:
         signal_names: Iterable[str] | None = None,
     ) -> list[SignalRecord]:
         """Async :meth:`SignalsQueryClient.get_latest_signals`."""
-        async with self._connect() as session:
-            repository = AsyncSignalQueryRepository(session, self.table)
+        async with self._connect() as connection:
+            repository = AsyncSignalQueryRepository(connection, self.table)
             return await repository.get_latest_signals(provider, symbol, limit, signal_names)
 
     async def get_signals_history(
@@ -227,8 +227,8 @@ class AsyncSignalsQueryClient:
         limit: int = 1000,
     ) -> list[SignalRecord]:
         """Async :meth:`SignalsQueryClient.get_signals_history`."""
-        async with self._connect() as session:
-            repository = AsyncSignalQueryRepository(session, self.table)
+        async with self._connect() as connection:
+            repository = AsyncSignalQueryRepository(connection, self.table)
             return await repository.get_signals_history(
                 provider, symbol, start_ts, end_ts, signal_names, limit
             )
@@ -237,22 +237,22 @@ class AsyncSignalsQueryClient:
         self, provider: str, symbol: str, signal_name: str, hours_back: float = 24
     ) -> SignalMetrics:
         """Async :meth:`SignalsQueryClient.get_signal_metrics`."""
-        async with self._connect() as session:
-            repository = AsyncSignalQueryRepository(session, self.table)
+        async with self._connect() as connection:
+            repository = AsyncSignalQueryRepository(connection, self.table)
             return await repository.get_signal_metrics(provider, symbol, signal_name, hours_back)
 
     async def get_active_signals(
         self, provider: str, minutes_back: float = 5
     ) -> list[ActiveSignal]:
         """Async :meth:`SignalsQueryClient.get_active_signals`."""
-        async with self._connect() as session:
-            repository = AsyncSignalQueryRepository(session, self.table)
+        async with self._connect() as connection:
+            repository = AsyncSignalQueryRepository(connection, self.table)
             return await repository.get_active_signals(provider, minutes_back)
 
     async def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Async :meth:`SignalsQueryClient.get_signal_summary`."""
-        async with self._connect() as session:
-            repository = AsyncSignalQueryRepository(session, self.table)
+        async with self._connect() as connection:
+            repository = AsyncSignalQueryRepository(connection, self.table)
             return await repository.get_signal_summary(provider, hours_back)
 
     async def get_signal_buckets(
@@ -266,8 +266,8 @@ class AsyncSignalsQueryClient:
         end_ts: datetime | None = None,
     ) -> list[SignalBucket]:
         """Async :meth:`SignalsQueryClient.get_signal_buckets`."""
-        async with self._connect() as session:
-            repository = AsyncSignalQueryRepository(session, self.table)
+        async with self._connect() as connection:
+            repository = AsyncSignalQueryRepository(connection, self.table)
             return await repository.get_signal_buckets(
                 provider, symbol, signal_name, bucket, start_ts=start_ts, end_ts=end_ts
             )
