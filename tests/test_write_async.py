@@ -31,9 +31,16 @@ from .test_write_helpers import (
 )
 
 
+def _async_url(db: Database, driver: str = "asyncpg") -> Any:
+    # asyncpg's parameterised queries hang against the TimescaleDB test server (PGlite over the
+    # wire protocol), so that tier runs on psycopg's async driver (postgresql+psycopg).
+    if driver == "psycopg" or db.tier == "timescale":
+        return db.url
+    return db.async_url
+
+
 def _client(db: Database, driver: str = "asyncpg", **kwargs: Any) -> AsyncSignalsStoreClient:
-    url = db.url if driver == "psycopg" else db.async_url  # psycopg's async dialect
-    return AsyncSignalsStoreClient(url, **client_kwargs(db, **kwargs))
+    return AsyncSignalsStoreClient(_async_url(db, driver), **client_kwargs(db, **kwargs))
 
 
 async def test_roundtrip_replay_and_changes(db: Database) -> None:
@@ -114,7 +121,7 @@ async def test_many_copy_batches_with_duplicates(postgres_db: Database, driver: 
 
 async def test_repository_joins_the_callers_transaction(db: Database) -> None:
     kwargs: dict[str, Any] = {"poolclass": NullPool} if db.tier == "timescale" else {}
-    engine = create_async_engine(db.async_url, **kwargs)
+    engine = create_async_engine(_async_url(db), **kwargs)
     try:
         async with AsyncSession(engine) as session:
             repo = AsyncSignalRepository(session, db.table, batch_threshold=10**9)
@@ -135,8 +142,7 @@ async def test_repository_joins_the_callers_transaction(db: Database) -> None:
 
 @pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
 async def test_repository_copy_path(postgres_db: Database, driver: str) -> None:
-    url = postgres_db.url if driver == "psycopg" else postgres_db.async_url
-    engine = create_async_engine(url)
+    engine = create_async_engine(_async_url(postgres_db, driver))
     registry = CollectorRegistry()
     try:
         async with AsyncSession(engine) as session, session.begin():
