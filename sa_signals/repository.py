@@ -45,6 +45,7 @@ DEFAULT_STREAM_BATCH = 10_000
 # Rows per key-existence query on SQLite (4 parameters each, far below SQLite's limit).
 _SQLITE_LOOKUP_CHUNK = 200
 _key = itemgetter(1, 2, 3, 4)
+_PARAM_NAMES = ("provider", "symbol", "ts", "name", "value", "score", "metadata")
 
 
 @functools.lru_cache(maxsize=128)
@@ -153,8 +154,16 @@ class _Writer:
         dialect_name = connection.dialect.name
         statement = _upsert(self.table, dialect_name)
         if dialect_name == "postgresql":
-            flags = connection.execute(statement, _params(ordered)).scalars().all()
-            return len(ordered), sum(1 for flag in flags if flag), len(flags)
+            # Rows per statement: the engine's insertmanyvalues_page_size, as for VALUES lists.
+            page = connection.dialect.insertmanyvalues_page_size or len(ordered)
+            inserted = changed = 0
+            for start in range(0, len(ordered), page):
+                columns = list(zip(*ordered[start : start + page], strict=True))
+                arrays = {name: list(columns[i]) for i, name in enumerate(_PARAM_NAMES, 1)}
+                flags = connection.execute(statement, arrays).scalars().all()
+                inserted += sum(1 for flag in flags if flag)
+                changed += len(flags)
+            return len(ordered), inserted, changed
         # SQLite has no xmax: count the keys that already exist, in the same transaction.
         existed = self._count_existing(connection, list(latest))
         changed = len(connection.execute(statement, _params(ordered)).all())

@@ -15,14 +15,18 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    DateTime,
+    Double,
     Integer,
     Table,
     Text,
     TextClause,
     bindparam,
     cast,
+    func,
     literal_column,
     or_,
+    select,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -70,6 +74,17 @@ _STAGE_SQL_TYPES = {
 }
 
 
+_ARRAY_TYPES: tuple[tuple[str, Any], ...] = (
+    ("provider", Text()),
+    ("symbol", Text()),
+    ("ts", DateTime(timezone=True)),
+    ("name", Text()),
+    ("value", Double()),
+    ("score", Double()),
+    ("metadata", Text()),
+)
+
+
 def upsert_statement(table: Table, dialect_name: str) -> Insert:
     """The executemany upsert for ``table`` on ``dialect_name`` (``postgresql`` or ``sqlite``).
 
@@ -82,8 +97,19 @@ def upsert_statement(table: Table, dialect_name: str) -> Insert:
         key: bindparam(key, type_=c[key].type) for key in (*KEY_COLUMNS, "value", "score")
     }
     if dialect_name == "postgresql":
-        values["metadata"] = cast(bindparam("metadata", type_=Text()), postgresql.JSONB)
-        pg = postgresql.insert(table).values(values)
+        # One statement per batch with one array per column (unnest): a short, constant SQL
+        # text whatever the batch size, instead of a VALUES row per signal to render and parse.
+        arrays = func.unnest(
+            *(bindparam(key, type_=postgresql.ARRAY(kind)) for key, kind in _ARRAY_TYPES)
+        ).table_valued(*(key for key, _ in _ARRAY_TYPES), with_ordinality="ord")
+        arrays = arrays.render_derived(name="src")
+        source = select(
+            *(arrays.c[key] for key in (*KEY_COLUMNS, "value", "score")),
+            cast(arrays.c.metadata, postgresql.JSONB),
+        ).order_by(arrays.c.ord)
+        pg = postgresql.insert(table).from_select(
+            [c[key] for key in (*KEY_COLUMNS, *PAYLOAD_COLUMNS)], source
+        )
         excluded = pg.excluded
         return pg.on_conflict_do_update(
             index_elements=[c[key] for key in KEY_COLUMNS],

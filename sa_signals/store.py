@@ -3,8 +3,9 @@
 ``with SignalsStoreClient(uri) as client: client.write_signals(signals)``. Each call is one
 transaction (all or nothing). The engine and its pool are made once per client, on first entry,
 and kept across ``with`` blocks (entering again is cheap); ``close()`` / ``aclose()`` release
-them. A deadlock (``40P01``) or serialization failure (``40001``) is retried a bounded number of
-times when the input can be read again (a list, tuple, ...); a generator is never replayed.
+them. A deadlock (``40P01``), a serialization failure (``40001``) or a lost connection is retried
+a bounded number of times (``max_attempts``) when the input can be read again (a list, tuple,
+...); a generator is never replayed, so its call fails instead.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 def _sqlstate(exc: DBAPIError) -> str | None:
     orig = exc.orig
     return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    # A lost connection (the pool then discards it and its older siblings) or a deadlock /
+    # serialization failure: the transaction was rolled back whole, so running it again is safe.
+    return exc.connection_invalidated or _sqlstate(exc) in RETRYABLE_SQLSTATES
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -91,8 +98,9 @@ class SignalsStoreClient(_ClientBase):
 
     ``batch_threshold``: batches at least this large use COPY on PostgreSQL. ``table``: the
     target table (default: the library's ``signals``). ``registry``: prometheus registry for the
-    metrics (default: the global one). Extra keyword arguments go to ``create_engine``
-    (``pool_pre_ping`` defaults to True so a connection killed in between is replaced).
+    metrics (default: the global one). Extra keyword arguments go to ``create_engine``.
+    A connection found dead is discarded by the pool (with every older one) and the call is
+    retried when the input can be read again; no ``pool_pre_ping`` round trip per call.
     """
 
     def __init__(
@@ -118,9 +126,7 @@ class SignalsStoreClient(_ClientBase):
             if isinstance(self._uri, Engine):
                 self._engine = self._uri
             else:
-                self._engine = sync_engine(
-                    self._uri, **{"pool_pre_ping": True, **self._engine_kwargs}
-                )
+                self._engine = sync_engine(self._uri, **self._engine_kwargs)
                 # Close pooled connections when the client is garbage collected unclosed.
                 self._finalizer = weakref.finalize(self, self._engine.dispose)
         return self._engine
@@ -163,7 +169,7 @@ class SignalsStoreClient(_ClientBase):
                 with Session(engine) as session, session.begin():
                     result = writer.write(session, signals, batch_size)
             except DBAPIError as exc:
-                if attempt + 1 < attempts and _sqlstate(exc) in RETRYABLE_SQLSTATES:
+                if attempt + 1 < attempts and _retryable(exc):
                     time.sleep(self._backoff(attempt))
                     continue
                 self.metrics.failure(writer.method, writer.seen, time.perf_counter() - started)
@@ -208,9 +214,7 @@ class AsyncSignalsStoreClient(_ClientBase):
             if isinstance(self._uri, AsyncEngine):
                 self._engine = self._uri
             else:
-                self._engine = async_engine(
-                    self._uri, **{"pool_pre_ping": True, **self._engine_kwargs}
-                )
+                self._engine = async_engine(self._uri, **self._engine_kwargs)
                 self._owns_engine = True
         return self._engine
 
@@ -249,7 +253,7 @@ class AsyncSignalsStoreClient(_ClientBase):
                 async with AsyncSession(engine) as session, session.begin():
                     result = await session.run_sync(writer.write, signals, batch_size)
             except DBAPIError as exc:
-                if attempt + 1 < attempts and _sqlstate(exc) in RETRYABLE_SQLSTATES:
+                if attempt + 1 < attempts and _retryable(exc):
                     await asyncio.sleep(self._backoff(attempt))
                     continue
                 self.metrics.failure(writer.method, writer.seen, time.perf_counter() - started)
