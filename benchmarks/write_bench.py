@@ -201,7 +201,12 @@ def rss_child(rows: int, dsn: str, batch_size: int) -> None:
     elapsed = time.perf_counter() - started
     client.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{written} {elapsed:.2f} {before:.1f} {peak:.1f}")
+    try:  # this process image's own high-water mark (not inherited across exec)
+        with open("/proc/self/status") as status:
+            hwm = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        hwm = peak
+    print(f"{written} {elapsed:.2f} {before:.1f} {peak:.1f} {hwm:.1f}")
     metadata.drop_all(create_engine(make_url(dsn).set(drivername="postgresql+psycopg")))
 
 
@@ -221,6 +226,29 @@ def main() -> None:
         return
 
     ensure_database(args.dsn)
+    # First, while this process is still small: ru_maxrss survives fork + exec on Linux.
+    if args.rss_rows:
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--rss-child",
+                str(args.rss_rows),
+                "--dsn",
+                args.dsn,
+                "--batch-size",
+                "10000",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        written, elapsed, before, peak, hwm = int(out[0]), *map(float, out[1:5])
+        print(
+            f"streaming {written:,} signals from a generator (batch 10000): {elapsed:.1f}s, "
+            f"{written / elapsed:,.0f} rows/s, peak RSS {peak:.0f} MB by getrusage "
+            f"(after imports {before:.0f} MB), VmHWM {hwm:.0f} MB"
+        )
     bench = Bench(args.dsn, args.rows, args.batch_size)
     paths: dict[str, Callable[[], None]] = {
         "(a) baseline psycopg COPY+merge": bench.baseline,
@@ -261,27 +289,6 @@ def main() -> None:
     p95 = latencies[int(len(latencies) * 0.95) - 1] * 1000
     print(f"(e) 100-signal calls x{args.calls}: p50 {p50:.2f} ms, p95 {p95:.2f} ms")
 
-    if args.rss_rows:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--rss-child",
-                str(args.rss_rows),
-                "--dsn",
-                args.dsn,
-                "--batch-size",
-                "10000",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        written, elapsed, before, peak = int(out[0]), float(out[1]), float(out[2]), float(out[3])
-        print(
-            f"streaming {written:,} signals from a generator (batch 10000): {elapsed:.1f}s, "
-            f"{written / elapsed:,.0f} rows/s, peak RSS {peak:.0f} MB (at start {before:.0f} MB)"
-        )
     bench.metadata.drop_all(bench.engine)
 
 
