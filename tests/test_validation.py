@@ -170,3 +170,18 @@ def test_validation_is_lazy_over_generators() -> None:
     rows = validate_signals(source())
     next(rows)
     assert produced == 1
+
+
+def test_cyclic_metadata_is_an_error() -> None:
+    cyclic: dict[str, Any] = {}
+    cyclic["self"] = cyclic
+    with pytest.raises(InvalidSignalError, match=r"signal\[0\]\.metadata: is not strict JSON"):
+        validate_signal(0, good(metadata=cyclic))
+
+
+def test_metadata_keys_and_unicode_serialise_like_json_dumps() -> None:
+    metadata = {"a": 'é\n"', "n": [1, 2.5, None, True], "nested": {"k": -0.0}}
+    text = validate_signal(0, good(metadata=metadata))[7]
+    assert text is not None
+    assert json.loads(text) == metadata
+    assert text == json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
