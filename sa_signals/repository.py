@@ -29,6 +29,7 @@ from .copy import copy_rows, supports_copy
 from .errors import ConfigurationError
 from .metrics import WriteMetrics, write_metrics
 from .model import KEY_COLUMNS, Signal
+from .query_repository import AsyncSignalQueryMethods, SignalQueryMethods
 from .result import COPY, UPSERT, WriteResult
 from .statements import merge_statement, stage_ddl, truncate_stage, upsert_statement
 from .validation import Row, validate_signals
@@ -200,8 +201,11 @@ class _Writer:
         return result
 
 
-class SignalRepository:
-    """Writes signals through a SQLAlchemy :class:`~sqlalchemy.orm.Session`.
+class SignalRepository(SignalQueryMethods):
+    """Writes and reads signals through a SQLAlchemy :class:`~sqlalchemy.orm.Session`.
+
+    The read methods (``get_latest_signals``, ``get_signals_history``...) are those of
+    :class:`~sa_signals.query_repository.SignalQueryRepository`.
 
     ``table`` defaults to the library's ``signals`` table; ``batch_threshold`` is the batch size
     from which PostgreSQL writes use COPY; ``metrics`` (a :class:`~sa_signals.metrics.WriteMetrics`
@@ -218,8 +222,10 @@ class SignalRepository:
         metrics: WriteMetrics | CollectorRegistry | None = None,
     ) -> None:
         self.session = session
+        # The query mixin types ``session`` loosely (it also reads through a Connection).
+        self._session = session
         self._writer = _Writer(table, batch_threshold)
-        self.table: Table = self._writer.table
+        self.table = self._writer.table
         self.batch_threshold = batch_threshold
         self.metrics = _resolve_metrics(metrics)
 
@@ -230,7 +236,7 @@ class SignalRepository:
         or :data:`DEFAULT_STREAM_BATCH` of other iterables); each batch is validated whole
         before any SQL for it is sent. Raises :class:`~sa_signals.errors.InvalidSignalError`.
         """
-        return self._writer.write_recorded(self.session, signals, batch_size, self.metrics)
+        return self._writer.write_recorded(self._session, signals, batch_size, self.metrics)
 
     @property
     def last_method(self) -> str:
@@ -238,8 +244,8 @@ class SignalRepository:
         return self._writer.method
 
 
-class AsyncSignalRepository:
-    """Writes signals through a SQLAlchemy :class:`~sqlalchemy.ext.asyncio.AsyncSession`.
+class AsyncSignalRepository(AsyncSignalQueryMethods):
+    """Writes and reads signals through a SQLAlchemy :class:`~sqlalchemy.ext.asyncio.AsyncSession`.
 
     Same options and behaviour as :class:`SignalRepository`; COPY works on asyncpg and on
     psycopg's async connection.
@@ -254,14 +260,16 @@ class AsyncSignalRepository:
         metrics: WriteMetrics | CollectorRegistry | None = None,
     ) -> None:
         self.session = session
+        # The query mixin types ``session`` loosely (it also reads through a Connection).
+        self._session = session
         self._writer = _Writer(table, batch_threshold)
-        self.table: Table = self._writer.table
+        self.table = self._writer.table
         self.batch_threshold = batch_threshold
         self.metrics = _resolve_metrics(metrics)
 
     async def upsert(self, signals: Iterable[Any], *, batch_size: int | None = None) -> WriteResult:
         """Validate and write ``signals``; see :meth:`SignalRepository.upsert`."""
-        return await self.session.run_sync(
+        return await self._session.run_sync(
             self._writer.write_recorded, signals, batch_size, self.metrics
         )
 
