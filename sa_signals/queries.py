@@ -401,14 +401,14 @@ def _active_statement(table: Table, postgresql: bool) -> Executable:
     where = (c.provider == bindparam("provider"), c.ts >= bindparam("since"))
     columns = [c[key] for key in _ACTIVE_KEYS]
     if postgresql:
-        from sqlalchemy.dialects.postgresql import distinct_on
-
-        return (
-            select(*columns)
-            .where(*where)
-            .ext(distinct_on(c.symbol, c.name))
-            .order_by(c.symbol, c.name, c.ts.desc())
-        )
+        query = select(*columns).where(*where).order_by(c.symbol, c.name, c.ts.desc())
+        try:
+            from sqlalchemy.dialects.postgresql import distinct_on
+        except ImportError:
+            # SQLAlchemy 2.0: DISTINCT ON is spelled select().distinct(*columns) there
+            # (deprecated in 2.1 in favour of the distinct_on() extension).
+            return query.distinct(c.symbol, c.name)
+        return query.ext(distinct_on(c.symbol, c.name))
     rank = (
         func.row_number().over(partition_by=(c.symbol, c.name), order_by=c.ts.desc()).label("rank")
     )
