@@ -13,15 +13,31 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table
-from sqlalchemy.engine import URL
+from sqlalchemy import Engine, Table, event
+from sqlalchemy.engine import URL, Dialect
+from sqlalchemy.sql import Executable
 
 from .engine import async_engine, sync_engine
 from .errors import ClientStateError, ConfigurationError
-from .queries import ActiveSignal, SignalBucket, SignalMetrics, SignalRecord, SignalSummary
-from .query_repository import AsyncSignalQueryRepository, SignalQueryRepository, _default_table
+from .queries import (
+    ActiveSignal,
+    BucketFunction,
+    QueryPlan,
+    SignalBucket,
+    SignalMetrics,
+    SignalRecord,
+    SignalSummary,
+    bucket_function_for,
+)
+from .query_repository import (
+    _TIMESCALE,
+    AsyncSignalQueryRepository,
+    SignalQueryMethods,
+    SignalQueryRepository,
+    _default_table,
+)
 from .status import StorageStats, storage_stats
 
 if TYPE_CHECKING:
@@ -29,12 +45,150 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncSignalsQueryClient", "SignalsQueryClient"]
 
+T = TypeVar("T")
+
 
 def _engine_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     options = dict(kwargs)
     # Reads are single statements: autocommit spares a BEGIN and a ROLLBACK per call.
     options.setdefault("isolation_level", "AUTOCOMMIT")
     return options
+
+
+def _utc_session(dbapi_connection: Any, record: Any) -> None:
+    # psycopg hands out timestamps in the session time zone; in UTC they are already what the
+    # queries return (no per-value conversion). Committed: a rolled-back SET would not stick.
+    dbapi_connection.execute("SET TIME ZONE 'UTC'")
+    if not dbapi_connection.autocommit:
+        dbapi_connection.commit()
+
+
+class _DirectRunner:
+    """Runs plans straight on the pooled psycopg connection when that changes nothing.
+
+    ``Connection.execute`` costs tens of microseconds per call (cache key, execution context,
+    result wrapping), a third of a small query's latency. A statement qualifies when its
+    compiled SQL needs no per-call work from SQLAlchemy: no bind or result processors (checked
+    against the driver's column types on first run), no expanding or literal parameters, no
+    engine events, echo or execution options that would see or rewrite the statement. Anything else,
+    and any driver error (so callers get SQLAlchemy's usual exceptions), takes the ordinary path.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.enabled = engine.dialect.driver == "psycopg"
+        # statement -> (SQL, parameters with values of their own), or None: not eligible.
+        self._compiled: dict[Executable, tuple[str, dict[str, Any]] | None] = {}
+        self._checked: set[Executable] = set()
+        self._columns: dict[Executable, list[Any]] = {}
+
+    def _eligible(self) -> bool:
+        engine = self.engine
+        return (
+            self.enabled
+            and not engine._has_events
+            and not engine.dialect._has_events
+            and not engine._should_log_info()
+            and set(engine.get_execution_options()) <= {"isolation_level"}
+        )
+
+    def _compile(self, statement: Executable) -> tuple[str, dict[str, Any]] | None:
+        try:
+            return self._compiled[statement]
+        except KeyError:
+            pass
+        dialect = self.engine.dialect
+        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        entry: tuple[str, dict[str, Any]] | None = None
+        if (
+            not compiled.positional
+            and not compiled.post_compile_params
+            and not compiled.literal_execute_params
+            and not getattr(compiled, "_bind_processors", True)
+        ):
+            fixed = {
+                name: bind.effective_value
+                for bind, name in compiled.bind_names.items()
+                if not bind.required
+            }
+            entry = (compiled.string, fixed)
+            self._columns[statement] = [column[3] for column in compiled._result_columns]
+        self._compiled[statement] = entry
+        return entry
+
+    def rows(self, plan: QueryPlan[Any]) -> list[Any] | None:
+        """The plan's rows run directly, or ``None``: use the ordinary path."""
+        statement = plan.statement
+        if statement is None or not self._eligible():
+            return None
+        entry = self._compile(statement)
+        if entry is None:
+            return None
+        sql, fixed = entry
+        parameters = {**fixed, **plan.parameters} if fixed else plan.parameters
+        error = self.engine.dialect.loaded_dbapi.Error
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute(sql, parameters)
+                if statement not in self._checked and not self._check(
+                    statement, cursor.description
+                ):
+                    return None
+                rows = list(cursor.fetchall())
+            finally:
+                cursor.close()
+        except error:
+            # Leave the diagnosis (and the exception SQLAlchemy users expect) to the
+            # ordinary path; this connection may be broken, so it is not reused.
+            raw.invalidate()
+            return None
+        finally:
+            raw.close()
+        return rows
+
+    def _check(self, statement: Executable, description: Any) -> bool:
+        dialect = self.engine.dialect
+        types = self._columns.get(statement, [])
+        ok = len(types) == len(description) and all(
+            type_.dialect_impl(dialect).result_processor(dialect, column.type_code) is None
+            for type_, column in zip(types, description, strict=True)
+        )
+        if ok:
+            self._checked.add(statement)
+        else:
+            self._compiled[statement] = None
+        return ok
+
+
+class _ClientQueries(SignalQueryMethods):
+    """The repository's query methods, each call on its own pooled connection."""
+
+    def __init__(self, engine: Engine, table: Table) -> None:
+        self.engine = engine
+        self.table = table
+        self._direct = _DirectRunner(engine)
+
+    def _query_dialect(self) -> Dialect:
+        return self.engine.dialect
+
+    def _run_plan(self, plan: QueryPlan[T]) -> T:
+        if plan.statement is None:
+            return plan.finish([])
+        rows = self._direct.rows(plan)
+        if rows is not None:
+            return plan.finish(rows)
+        with self.engine.connect() as connection:
+            return plan.finish(connection.execute(plan.statement, plan.parameters).all())
+
+    def _bucket_function(self) -> BucketFunction:
+        dialect = self.engine.dialect
+        if dialect.name != "postgresql" or self.engine in _TIMESCALE:
+            # Known without asking: spares a connection checkout per call.
+            return bucket_function_for(dialect, _TIMESCALE.get(self.engine, False))
+        with self.engine.connect() as connection:
+            return SignalQueryRepository(connection, self.table)._bucket_function()
 
 
 class SignalsQueryClient:
@@ -54,7 +208,10 @@ class SignalsQueryClient:
         if not self._owns_engine and engine_kwargs:
             raise ConfigurationError("engine options cannot be applied to an existing Engine")
         self.engine: Engine = sync_engine(uri, **_engine_options(engine_kwargs))
+        if self._owns_engine and self.engine.dialect.driver == "psycopg":
+            event.listen(self.engine, "connect", _utc_session)
         self._depth = 0
+        self._queries = _ClientQueries(self.engine, self.table)
 
     def __enter__(self) -> SignalsQueryClient:
         self._depth += 1
@@ -69,10 +226,6 @@ class SignalsQueryClient:
         self._depth -= 1
         if self._depth == 0 and self._owns_engine:
             self.engine.dispose()
-
-    def _connect(self) -> Connection:
-        self._check_open()
-        return self.engine.connect()
 
     def _check_open(self) -> None:
         if self._depth <= 0:
@@ -89,9 +242,8 @@ class SignalsQueryClient:
         signal_names: Iterable[str] | None = None,
     ) -> list[SignalRecord]:
         """The ``limit`` newest signals of ``provider``/``symbol``, newest first then by name."""
-        with self._connect() as connection:
-            repository = SignalQueryRepository(connection, self.table)
-            return repository.get_latest_signals(provider, symbol, limit, signal_names)
+        self._check_open()
+        return self._queries.get_latest_signals(provider, symbol, limit, signal_names)
 
     def get_signals_history(
         self,
@@ -107,31 +259,27 @@ class SignalsQueryClient:
         A naive datetime is local time, so ``datetime.now() - timedelta(hours=1)`` is the
         last hour.
         """
-        with self._connect() as connection:
-            repository = SignalQueryRepository(connection, self.table)
-            return repository.get_signals_history(
-                provider, symbol, start_ts, end_ts, signal_names, limit
-            )
+        self._check_open()
+        return self._queries.get_signals_history(
+            provider, symbol, start_ts, end_ts, signal_names, limit
+        )
 
     def get_signal_metrics(
         self, provider: str, symbol: str, signal_name: str, hours_back: float = 24
     ) -> SignalMetrics:
         """Count, min, max, avg, stddev, first/last timestamp and last value of one series."""
-        with self._connect() as connection:
-            repository = SignalQueryRepository(connection, self.table)
-            return repository.get_signal_metrics(provider, symbol, signal_name, hours_back)
+        self._check_open()
+        return self._queries.get_signal_metrics(provider, symbol, signal_name, hours_back)
 
     def get_active_signals(self, provider: str, minutes_back: float = 5) -> list[ActiveSignal]:
         """The latest signal per ``(symbol, name)`` seen in the last ``minutes_back`` minutes."""
-        with self._connect() as connection:
-            repository = SignalQueryRepository(connection, self.table)
-            return repository.get_active_signals(provider, minutes_back)
+        self._check_open()
+        return self._queries.get_active_signals(provider, minutes_back)
 
     def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Totals of ``provider``'s signals over the last ``hours_back`` hours."""
-        with self._connect() as connection:
-            repository = SignalQueryRepository(connection, self.table)
-            return repository.get_signal_summary(provider, hours_back)
+        self._check_open()
+        return self._queries.get_signal_summary(provider, hours_back)
 
     def get_signal_buckets(
         self,
@@ -144,11 +292,10 @@ class SignalsQueryClient:
         end_ts: datetime | None = None,
     ) -> list[SignalBucket]:
         """Per-bucket count/min/max/avg/last of one series (last 24 hours by default)."""
-        with self._connect() as connection:
-            repository = SignalQueryRepository(connection, self.table)
-            return repository.get_signal_buckets(
-                provider, symbol, signal_name, bucket, start_ts=start_ts, end_ts=end_ts
-            )
+        self._check_open()
+        return self._queries.get_signal_buckets(
+            provider, symbol, signal_name, bucket, start_ts=start_ts, end_ts=end_ts
+        )
 
     def storage_stats(self, *, exact_count: bool = False) -> StorageStats:
         """Storage statistics of the table (:func:`sa_signals.status.storage_stats`)."""
