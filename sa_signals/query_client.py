@@ -33,6 +33,7 @@ from .queries import (
 )
 from .query_repository import (
     _TIMESCALE,
+    AsyncSignalQueryMethods,
     AsyncSignalQueryRepository,
     SignalQueryMethods,
     SignalQueryRepository,
@@ -41,7 +42,7 @@ from .query_repository import (
 from .status import StorageStats, storage_stats
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["AsyncSignalsQueryClient", "SignalsQueryClient"]
 
@@ -63,6 +64,9 @@ def _utc_session(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.commit()
 
 
+_Compiled = tuple[str, dict[str, Any], tuple[str, ...] | None]
+
+
 class _DirectRunner:
     """Runs plans straight on the pooled psycopg connection when that changes nothing.
 
@@ -76,9 +80,11 @@ class _DirectRunner:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.enabled = engine.dialect.driver == "psycopg"
-        # statement -> (SQL, parameters with values of their own), or None: not eligible.
-        self._compiled: dict[Executable, tuple[str, dict[str, Any]] | None] = {}
+        # asyncpg goes through SQLAlchemy's adapted cursor (run inside greenlet_spawn).
+        self.enabled = engine.dialect.driver in ("psycopg", "asyncpg")
+        # statement -> (SQL, parameters with values of their own, positional order or None),
+        # or None: not eligible.
+        self._compiled: dict[Executable, _Compiled | None] = {}
         self._checked: set[Executable] = set()
         self._columns: dict[Executable, list[Any]] = {}
 
@@ -92,17 +98,16 @@ class _DirectRunner:
             and set(engine.get_execution_options()) <= {"isolation_level"}
         )
 
-    def _compile(self, statement: Executable) -> tuple[str, dict[str, Any]] | None:
+    def _compile(self, statement: Executable) -> _Compiled | None:
         try:
             return self._compiled[statement]
         except KeyError:
             pass
         dialect = self.engine.dialect
         compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
-        entry: tuple[str, dict[str, Any]] | None = None
+        entry: _Compiled | None = None
         if (
-            not compiled.positional
-            and not compiled.post_compile_params
+            not compiled.post_compile_params
             and not compiled.literal_execute_params
             and not getattr(compiled, "_bind_processors", True)
         ):
@@ -111,7 +116,8 @@ class _DirectRunner:
                 for bind, name in compiled.bind_names.items()
                 if not bind.required
             }
-            entry = (compiled.string, fixed)
+            order = tuple(compiled.positiontup) if compiled.positional else None
+            entry = (compiled.string, fixed, order)
             self._columns[statement] = [column[3] for column in compiled._result_columns]
         self._compiled[statement] = entry
         return entry
@@ -124,8 +130,9 @@ class _DirectRunner:
         entry = self._compile(statement)
         if entry is None:
             return None
-        sql, fixed = entry
-        parameters = {**fixed, **plan.parameters} if fixed else plan.parameters
+        sql, fixed, order = entry
+        named = {**fixed, **plan.parameters} if fixed else plan.parameters
+        parameters: Any = named if order is None else tuple(named[key] for key in order)
         error = self.engine.dialect.loaded_dbapi.Error
         raw = self.engine.raw_connection()
         try:
@@ -152,7 +159,7 @@ class _DirectRunner:
         dialect = self.engine.dialect
         types = self._columns.get(statement, [])
         ok = len(types) == len(description) and all(
-            type_.dialect_impl(dialect).result_processor(dialect, column.type_code) is None
+            type_.dialect_impl(dialect).result_processor(dialect, column[1]) is None
             for type_, column in zip(types, description, strict=True)
         )
         if ok:
@@ -189,6 +196,40 @@ class _ClientQueries(SignalQueryMethods):
             return bucket_function_for(dialect, _TIMESCALE.get(self.engine, False))
         with self.engine.connect() as connection:
             return SignalQueryRepository(connection, self.table)._bucket_function()
+
+
+class _AsyncClientQueries(AsyncSignalQueryMethods):
+    """The async repository's query methods, each call on its own pooled connection."""
+
+    def __init__(self, engine: AsyncEngine, table: Table) -> None:
+        self.engine = engine
+        self.table = table
+        self._direct = _DirectRunner(engine.sync_engine)
+
+    def _query_dialect(self) -> Dialect:
+        return self.engine.dialect
+
+    async def _run_plan(self, plan: QueryPlan[T]) -> T:
+        from sqlalchemy.util import greenlet_spawn
+
+        if plan.statement is None:
+            return plan.finish([])
+        if self._direct.enabled:
+            # One greenlet switch for checkout, execute, fetch and checkin together.
+            rows = await greenlet_spawn(self._direct.rows, plan)
+            if rows is not None:
+                return plan.finish(rows)
+        async with self.engine.connect() as connection:
+            result = await connection.execute(plan.statement, plan.parameters)
+            return plan.finish(result.all())
+
+    async def _bucket_function(self) -> BucketFunction:
+        dialect = self.engine.dialect
+        sync_engine = self.engine.sync_engine
+        if dialect.name != "postgresql" or sync_engine in _TIMESCALE:
+            return bucket_function_for(dialect, _TIMESCALE.get(sync_engine, False))
+        async with self.engine.connect() as connection:
+            return await AsyncSignalQueryRepository(connection, self.table)._bucket_function()
 
 
 class SignalsQueryClient:
@@ -326,6 +367,7 @@ class AsyncSignalsQueryClient:
             raise ConfigurationError("engine options cannot be applied to an existing AsyncEngine")
         self.engine: AsyncEngine = async_engine(uri, **_engine_options(engine_kwargs))
         self._depth = 0
+        self._queries = _AsyncClientQueries(self.engine, self.table)
 
     async def __aenter__(self) -> AsyncSignalsQueryClient:
         self._depth += 1
@@ -340,10 +382,6 @@ class AsyncSignalsQueryClient:
         self._depth -= 1
         if self._depth == 0 and self._owns_engine:
             await self.engine.dispose()
-
-    def _connect(self) -> AsyncConnection:
-        self._check_open()
-        return self.engine.connect()
 
     def _check_open(self) -> None:
         if self._depth <= 0:
@@ -360,9 +398,8 @@ class AsyncSignalsQueryClient:
         signal_names: Iterable[str] | None = None,
     ) -> list[SignalRecord]:
         """Async :meth:`SignalsQueryClient.get_latest_signals`."""
-        async with self._connect() as connection:
-            repository = AsyncSignalQueryRepository(connection, self.table)
-            return await repository.get_latest_signals(provider, symbol, limit, signal_names)
+        self._check_open()
+        return await self._queries.get_latest_signals(provider, symbol, limit, signal_names)
 
     async def get_signals_history(
         self,
@@ -374,33 +411,29 @@ class AsyncSignalsQueryClient:
         limit: int = 1000,
     ) -> list[SignalRecord]:
         """Async :meth:`SignalsQueryClient.get_signals_history`."""
-        async with self._connect() as connection:
-            repository = AsyncSignalQueryRepository(connection, self.table)
-            return await repository.get_signals_history(
-                provider, symbol, start_ts, end_ts, signal_names, limit
-            )
+        self._check_open()
+        return await self._queries.get_signals_history(
+            provider, symbol, start_ts, end_ts, signal_names, limit
+        )
 
     async def get_signal_metrics(
         self, provider: str, symbol: str, signal_name: str, hours_back: float = 24
     ) -> SignalMetrics:
         """Async :meth:`SignalsQueryClient.get_signal_metrics`."""
-        async with self._connect() as connection:
-            repository = AsyncSignalQueryRepository(connection, self.table)
-            return await repository.get_signal_metrics(provider, symbol, signal_name, hours_back)
+        self._check_open()
+        return await self._queries.get_signal_metrics(provider, symbol, signal_name, hours_back)
 
     async def get_active_signals(
         self, provider: str, minutes_back: float = 5
     ) -> list[ActiveSignal]:
         """Async :meth:`SignalsQueryClient.get_active_signals`."""
-        async with self._connect() as connection:
-            repository = AsyncSignalQueryRepository(connection, self.table)
-            return await repository.get_active_signals(provider, minutes_back)
+        self._check_open()
+        return await self._queries.get_active_signals(provider, minutes_back)
 
     async def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Async :meth:`SignalsQueryClient.get_signal_summary`."""
-        async with self._connect() as connection:
-            repository = AsyncSignalQueryRepository(connection, self.table)
-            return await repository.get_signal_summary(provider, hours_back)
+        self._check_open()
+        return await self._queries.get_signal_summary(provider, hours_back)
 
     async def get_signal_buckets(
         self,
@@ -413,11 +446,10 @@ class AsyncSignalsQueryClient:
         end_ts: datetime | None = None,
     ) -> list[SignalBucket]:
         """Async :meth:`SignalsQueryClient.get_signal_buckets`."""
-        async with self._connect() as connection:
-            repository = AsyncSignalQueryRepository(connection, self.table)
-            return await repository.get_signal_buckets(
-                provider, symbol, signal_name, bucket, start_ts=start_ts, end_ts=end_ts
-            )
+        self._check_open()
+        return await self._queries.get_signal_buckets(
+            provider, symbol, signal_name, bucket, start_ts=start_ts, end_ts=end_ts
+        )
 
     async def storage_stats(self, *, exact_count: bool = False) -> StorageStats:
         """Async :meth:`SignalsQueryClient.storage_stats`."""
