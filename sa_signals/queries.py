@@ -238,34 +238,36 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def _records(rows: Sequence[Any]) -> list[SignalRecord]:
-    utc = _utc
+    # Hot path (every row of every call): unpack once, skip the helper call when already UTC
+    # (ts and created_at are NOT NULL).
+    utc = timezone.utc
     return [
         {
-            "provider": r[0],
-            "symbol": r[1],
-            "ts": utc(r[2]),  # type: ignore[typeddict-item]
-            "name": r[3],
-            "value": r[4],
-            "score": r[5],
-            "metadata": r[6],
-            "created_at": utc(r[7]),  # type: ignore[typeddict-item]
+            "provider": provider,
+            "symbol": symbol,
+            "ts": ts if ts.tzinfo is utc else _utc(ts),  # type: ignore[typeddict-item]
+            "name": name,
+            "value": value,
+            "score": score,
+            "metadata": metadata,
+            "created_at": created if created.tzinfo is utc else _utc(created),  # type: ignore[typeddict-item]
         }
-        for r in rows
+        for provider, symbol, ts, name, value, score, metadata, created in rows
     ]
 
 
 def _active(rows: Sequence[Any]) -> list[ActiveSignal]:
-    utc = _utc
+    utc = timezone.utc
     return [
         {
-            "symbol": r[0],
-            "name": r[1],
-            "value": r[2],
-            "score": r[3],
-            "ts": utc(r[4]),  # type: ignore[typeddict-item]
-            "metadata": r[5],
+            "symbol": symbol,
+            "name": name,
+            "value": value,
+            "score": score,
+            "ts": ts if ts.tzinfo is utc else _utc(ts),  # type: ignore[typeddict-item]
+            "metadata": metadata,
         }
-        for r in rows
+        for symbol, name, value, score, ts, metadata in rows
     ]
 
 
