@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, Table, event
 from sqlalchemy.engine import URL, Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
 from .engine import async_engine, sync_engine
@@ -77,8 +78,9 @@ class _DirectRunner:
     result wrapping), a third of a small query's latency. A statement qualifies when its
     compiled SQL needs no per-call work from SQLAlchemy: no bind or result processors (checked
     against the driver's column types on first run), no expanding or literal parameters, no
-    engine events, echo or execution options that would see or rewrite the statement. Anything else,
-    and any driver error (so callers get SQLAlchemy's usual exceptions), takes the ordinary path.
+    engine events, echo or execution options that would see or rewrite the statement. Anything else
+    takes the ordinary path. Driver errors are raised wrapped as SQLAlchemy's ``DBAPIError``
+    subclasses, as ``Connection.execute`` would.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -136,7 +138,8 @@ class _DirectRunner:
         sql, fixed, order = entry
         named = {**fixed, **plan.parameters} if fixed else plan.parameters
         parameters: Any = named if order is None else tuple(named[key] for key in order)
-        error = self.engine.dialect.loaded_dbapi.Error
+        dialect = self.engine.dialect
+        error = dialect.loaded_dbapi.Error
         raw = self.engine.raw_connection()
         try:
             cursor = raw.cursor()
@@ -149,11 +152,15 @@ class _DirectRunner:
                 rows = list(cursor.fetchall())
             finally:
                 cursor.close()
-        except error:
-            # Leave the diagnosis (and the exception SQLAlchemy users expect) to the
-            # ordinary path; this connection may be broken, so it is not reused.
-            raw.invalidate()
-            return None
+        except error as exc:
+            # The exception SQLAlchemy users expect (never a second run of the query); a
+            # connection the driver reports as lost is not returned to the pool.
+            lost = dialect.is_disconnect(exc, raw.dbapi_connection, None)
+            if lost:
+                raw.invalidate(exc)
+            raise DBAPIError.instance(
+                sql, parameters, exc, error, connection_invalidated=lost, dialect=dialect
+            ) from exc
         finally:
             raw.close()
         return rows
