@@ -34,10 +34,7 @@ def _pool(db: Database) -> dict[str, Any]:
 
 
 def _async_url(db: Database) -> Any:
-    # asyncpg through SQLAlchemy hangs against the TimescaleDB-in-WASM bridge (the raw driver
-    # connects); that tier runs the async client on psycopg's async driver instead. asyncpg is
-    # covered on the postgres tier.
-    return db.url if db.tier == "timescale" else db.async_url
+    return db.async_url
 
 
 def _seed(db: Database, now: datetime) -> None:

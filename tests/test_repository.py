@@ -31,11 +31,9 @@ async def test_async_repository_reads_its_own_writes(db: Database) -> None:
     from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
     table = db.table
-    if db.tier == "timescale":
-        # asyncpg hangs on the PGlite test server: psycopg's async driver, one connection.
-        engine = create_async_engine(db.url, poolclass=NullPool)
-    else:
-        engine = create_async_engine(db.async_url)
+    # The TimescaleDB test server serves one connection at a time: no idle pooled ones there.
+    pool = {"poolclass": NullPool} if db.tier == "timescale" else {}
+    engine = create_async_engine(db.async_url, **pool)
     try:
         async with AsyncSession(engine) as session, session.begin():
             repository = AsyncSignalRepository(session, table)

@@ -32,11 +32,7 @@ from .test_write_helpers import (
 
 
 def _async_url(db: Database, driver: str = "asyncpg") -> Any:
-    # asyncpg's parameterised queries hang against the TimescaleDB test server (PGlite over the
-    # wire protocol), so that tier runs on psycopg's async driver (postgresql+psycopg).
-    if driver == "psycopg" or db.tier == "timescale":
-        return db.url
-    return db.async_url
+    return db.url if driver == "psycopg" else db.async_url
 
 
 def _client(db: Database, driver: str = "asyncpg", **kwargs: Any) -> AsyncSignalsStoreClient:

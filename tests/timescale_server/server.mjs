@@ -22,6 +22,21 @@ PGLiteSocketHandler.prototype.attach = async function (socket) {
   return attach.call(this, socket)
 }
 
+// A real server closes the socket after a Terminate message ('X', length 4); asyncpg's close()
+// waits for exactly that. The socket bridge does not, so do it here.
+const TERMINATE = Buffer.from([0x58, 0, 0, 0, 4])
+const handleData = PGLiteSocketHandler.prototype.handleData
+PGLiteSocketHandler.prototype.handleData = async function (data) {
+  const buffer = Buffer.from(data)
+  if (buffer.length >= 5 && buffer.subarray(buffer.length - 5).equals(TERMINATE)) {
+    const before = buffer.subarray(0, buffer.length - 5)
+    if (before.length > 0) await handleData.call(this, before)
+    this.socket?.end()
+    return 0
+  }
+  return handleData.call(this, data)
+}
+
 const server = new PGLiteSocketServer({ db, port, host: '127.0.0.1' })
 await server.start()
 console.log(`READY ${port}`)
