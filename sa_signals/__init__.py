@@ -29,6 +29,7 @@ from .query_client import AsyncSignalsQueryClient, SignalsQueryClient
 from .query_repository import AsyncSignalQueryRepository, SignalQueryRepository
 from .repository import AsyncSignalRepository, SignalRepository
 from .result import WriteResult
+from .status import StorageStats, storage_stats
 from .store import AsyncSignalsStoreClient, SignalsStoreClient
 
 __version__ = "0.1.0"
@@ -58,6 +59,7 @@ __all__ = [
     "SignalsError",
     "SignalsQueryClient",
     "SignalsStoreClient",
+    "StorageStats",
     "TimescaleOptions",
     "TimescaleUnavailableError",
     "WriteError",
@@ -68,5 +70,6 @@ __all__ = [
     "get_timescale_options",
     "signals_metadata",
     "signals_table",
+    "storage_stats",
     "write_metrics",
 ]
