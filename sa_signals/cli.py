@@ -535,6 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="show tracebacks and debug logging",
     )
+    extension = argparse.ArgumentParser(add_help=False)
+    extension.add_argument(
+        "--create-extension",
+        action="store_true",
+        help="CREATE EXTENSION timescaledb when the server has it but the database does not",
+    )
     parser = argparse.ArgumentParser(
         prog="sa-signals",
         description="Streaming inference signals in PostgreSQL, TimescaleDB and SQLite.",
@@ -544,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        parents=[debug],
+        parents=[debug, extension],
         help="write, replay and query synthetic signals (default: a local SQLite file)",
         description="Create the schema, stream synthetic signals through the writer, replay "
         "them (idempotent: 0 inserted), run the spec's queries and show the metrics. Signals "
@@ -552,16 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_target(demo, url_required=False)
     demo.add_argument("--count", type=int, default=2400, help="number of signals (default: 2400)")
-    demo.add_argument(
-        "--create-extension",
-        action="store_true",
-        help="CREATE EXTENSION timescaledb when the server has it but the database does not",
-    )
     demo.set_defaults(handler=cmd_demo)
 
     init = commands.add_parser(
         "init",
-        parents=[debug],
+        parents=[debug, extension],
         help="create the signals table (hypertable with compression on TimescaleDB)",
         description="Create the table, its indexes and, when the timescaledb extension is "
         "installed, the hypertable, compression settings and policies. Idempotent.",
@@ -569,11 +570,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(init, url_required=True)
     init.add_argument(
         "--no-timescale", action="store_true", help="a plain table even on TimescaleDB"
-    )
-    init.add_argument(
-        "--create-extension",
-        action="store_true",
-        help="CREATE EXTENSION timescaledb when the server has it but the database does not",
     )
     init.set_defaults(handler=cmd_init)
 

@@ -151,7 +151,8 @@ class _Writer:
     def _executemany(self, connection: Connection, batch: list[Row]) -> tuple[int, int, int]:
         # Last occurrence wins (dict keeps the latest value), then primary-key order.
         latest = {_key(row): row for row in batch}
-        ordered = sorted(latest.values(), key=_key)
+        # Sort the keys already built rather than extracting them again per row.
+        ordered = [latest[key] for key in sorted(latest)]
         dialect_name = connection.dialect.name
         statement = _upsert(self.table, dialect_name)
         if dialect_name == "postgresql":

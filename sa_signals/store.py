@@ -87,6 +87,9 @@ class _ClientBase:
         # Only inputs that can be iterated again are retried.
         return self.max_attempts if isinstance(signals, Collection) else 1
 
+    def _record_failure(self, writer: _Writer, started: float) -> None:
+        self.metrics.failure(writer.method, writer.seen, time.perf_counter() - started)
+
     @staticmethod
     def _backoff(attempt: int) -> float:
         return float(0.02 * (2**attempt) * (0.5 + random.random()))
@@ -172,10 +175,10 @@ class SignalsStoreClient(_ClientBase):
                 if attempt + 1 < attempts and _retryable(exc):
                     time.sleep(self._backoff(attempt))
                     continue
-                self.metrics.failure(writer.method, writer.seen, time.perf_counter() - started)
+                self._record_failure(writer, started)
                 raise WriteError(f"writing signals failed, nothing was kept: {exc.orig}") from exc
             except BaseException:
-                self.metrics.failure(writer.method, writer.seen, time.perf_counter() - started)
+                self._record_failure(writer, started)
                 raise
             self.metrics.success(result, time.perf_counter() - started)
             self.last_result = result
@@ -256,10 +259,10 @@ class AsyncSignalsStoreClient(_ClientBase):
                 if attempt + 1 < attempts and _retryable(exc):
                     await asyncio.sleep(self._backoff(attempt))
                     continue
-                self.metrics.failure(writer.method, writer.seen, time.perf_counter() - started)
+                self._record_failure(writer, started)
                 raise WriteError(f"writing signals failed, nothing was kept: {exc.orig}") from exc
             except BaseException:
-                self.metrics.failure(writer.method, writer.seen, time.perf_counter() - started)
+                self._record_failure(writer, started)
                 raise
             self.metrics.success(result, time.perf_counter() - started)
             self.last_result = result
