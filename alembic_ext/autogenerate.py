@@ -1,8 +1,8 @@
 """Autogenerate comparator: model TimescaleDB settings versus the database catalog.
 
-The desired settings are the :class:`~sa_signals.options.TimescaleOptions` in each model table's
-``info`` (:func:`~sa_signals.options.get_timescale_options`); the actual ones come from
-TimescaleDB's information views through :func:`~sa_signals.ddl.postgresql.read_timescale_state`.
+The desired settings are the :class:`~sa_signals.TimescaleOptions` in each model table's
+``info`` (:func:`~sa_signals.get_timescale_options`); the actual ones come from TimescaleDB's
+information views through :func:`~sa_signals.schema.ddl.postgresql.read_timescale_state`.
 Both sides are normalised (intervals as ``timedelta``, column lists as tuples, order-by items
 parsed) so that a second autogenerate after upgrading yields nothing.
 
@@ -21,8 +21,8 @@ from alembic.operations import MigrateOperation
 from alembic.operations.ops import CreateTableOp
 from sqlalchemy import Table, inspect
 
-from sa_signals.ddl import postgresql as ddl
-from sa_signals.options import TimescaleOptions, get_timescale_options
+from sa_signals.schema.ddl import postgresql as ddl
+from sa_signals.schema.options import TimescaleOptions, get_timescale_options
 
 from .ops import (
     AddCompressionPolicyOp,

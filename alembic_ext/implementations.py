@@ -1,4 +1,4 @@
-"""How each TimescaleDB operation runs: the SQL comes from :mod:`sa_signals.ddl.postgresql`.
+"""How each TimescaleDB operation runs: the SQL comes from :mod:`sa_signals.schema.ddl.postgresql`.
 
 Online, the installed TimescaleDB version picks the statement names (columnstore names on 2.18+).
 Without the ``timescaledb`` extension an operation logs a warning and does nothing, unless strict
@@ -19,8 +19,8 @@ from alembic.operations import Operations
 from sqlalchemy import text
 from sqlalchemy.sql.elements import TextClause
 
-from sa_signals.ddl import postgresql as ddl
 from sa_signals.errors import ConfigurationError, TimescaleUnavailableError
+from sa_signals.schema.ddl import postgresql as ddl
 
 from .ops import (
     AddCompressionPolicyOp,

@@ -20,7 +20,7 @@ from typing import Any
 from alembic.operations import MigrateOperation, Operations
 
 from sa_signals.errors import ConfigurationError
-from sa_signals.options import OrderByItem
+from sa_signals.schema.options import OrderByItem
 
 __all__ = [
     "AddCompressionPolicyOp",

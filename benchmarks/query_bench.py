@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
 from sa_signals import signals_table
-from sa_signals.queries import (
+from sa_signals.read.queries import (
     BucketFunction,
     plan_active,
     plan_buckets,
@@ -40,7 +40,7 @@ from sa_signals.queries import (
     plan_metrics,
     plan_summary,
 )
-from sa_signals.query_client import AsyncSignalsQueryClient, SignalsQueryClient
+from sa_signals.read.query_client import AsyncSignalsQueryClient, SignalsQueryClient
 
 UTC = timezone.utc
 PROVIDERS = [f"provider_{i}" for i in range(4)]

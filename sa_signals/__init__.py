@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .ddl import ensure_timescale
 from .errors import (
     ClientStateError,
     ConfigurationError,
@@ -14,7 +13,12 @@ from .errors import (
     WriteError,
 )
 from .metrics import WriteMetrics, write_metrics
-from .model import (
+from .read.queries import ActiveSignal, SignalBucket, SignalMetrics, SignalRecord, SignalSummary
+from .read.query_client import AsyncSignalsQueryClient, SignalsQueryClient
+from .read.query_repository import AsyncSignalQueryRepository, SignalQueryRepository
+from .result import WriteResult
+from .schema.ddl import ensure_timescale
+from .schema.model import (
     DEFAULT_NAMING,
     KEY_COLUMNS,
     SIGNAL_COLUMNS,
@@ -23,14 +27,10 @@ from .model import (
     signals_metadata,
     signals_table,
 )
-from .options import TimescaleOptions, get_timescale_options
-from .queries import ActiveSignal, SignalBucket, SignalMetrics, SignalRecord, SignalSummary
-from .query_client import AsyncSignalsQueryClient, SignalsQueryClient
-from .query_repository import AsyncSignalQueryRepository, SignalQueryRepository
-from .repository import AsyncSignalRepository, SignalRepository
-from .result import WriteResult
+from .schema.options import TimescaleOptions, get_timescale_options
 from .status import StorageStats, storage_stats
-from .store import AsyncSignalsStoreClient, SignalsStoreClient
+from .write.repository import AsyncSignalRepository, SignalRepository
+from .write.store import AsyncSignalsStoreClient, SignalsStoreClient
 
 __version__ = "0.1.0"
 

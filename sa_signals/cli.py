@@ -24,11 +24,11 @@ from sqlalchemy import Connection, Engine, MetaData, Table, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from .ddl import ensure_timescale
 from .engine import sync_engine
 from .errors import SignalsError
-from .model import signals_table
-from .options import TimescaleOptions
+from .schema.ddl import ensure_timescale
+from .schema.model import signals_table
+from .schema.options import TimescaleOptions
 from .status import StorageStats, storage_stats
 
 __all__ = ["DEMO_URL", "demo_signals", "main"]
@@ -429,8 +429,8 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 def _run_demo(args: argparse.Namespace, engine: Engine, table: Table, out: TextIO) -> None:
     from prometheus_client import CollectorRegistry
 
-    from .query_client import SignalsQueryClient
-    from .store import SignalsStoreClient
+    from .read.query_client import SignalsQueryClient
+    from .write.store import SignalsStoreClient
 
     anchor = demo_anchor()
     count = args.count

@@ -26,13 +26,13 @@ from sqlalchemy import Connection, Table, func, select, text
 from sqlalchemy import table as table_clause
 from sqlalchemy.exc import DBAPIError
 
-from .ddl.postgresql import (
+from .errors import ConfigurationError
+from .schema.ddl.postgresql import (
     TimescaleState,
     qualified_name,
     read_timescale_state,
     timescale_version,
 )
-from .errors import ConfigurationError
 
 __all__ = [
     "CompressionStats",

@@ -31,8 +31,8 @@ from alembic_ext import (
     SetChunkTimeIntervalOp,
 )
 from sa_signals import ConfigurationError, TimescaleUnavailableError, signals_table
-from sa_signals.ddl.postgresql import read_timescale_state
-from sa_signals.options import OrderByItem
+from sa_signals.schema.ddl.postgresql import read_timescale_state
+from sa_signals.schema.options import OrderByItem
 
 from .conftest import Database
 

@@ -21,7 +21,7 @@ from sa_signals import (
     SignalQueryRepository,
     SignalsQueryClient,
 )
-from sa_signals.queries import plan_active, plan_buckets, plan_latest, plan_metrics
+from sa_signals.read.queries import plan_active, plan_buckets, plan_latest, plan_metrics
 
 from .conftest import Database
 

@@ -11,7 +11,7 @@ import pytest
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection
 
-from sa_signals.queries import QueryPlan, plan_active, plan_history, plan_latest, plan_metrics
+from sa_signals.read.queries import QueryPlan, plan_active, plan_history, plan_latest, plan_metrics
 
 from .conftest import Database
 

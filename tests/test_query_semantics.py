@@ -19,7 +19,7 @@ from sqlalchemy import event, insert
 from sqlalchemy.pool import NullPool
 
 from sa_signals import InvalidQueryError
-from sa_signals.query_client import SignalsQueryClient
+from sa_signals.read.query_client import SignalsQueryClient
 
 from .conftest import Database
 

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import MetaData, inspect
 
 from sa_signals import TimescaleOptions, TimescaleUnavailableError, ensure_timescale, signals_table
-from sa_signals.ddl.postgresql import read_timescale_state
-from sa_signals.options import OrderByItem
+from sa_signals.schema.ddl.postgresql import read_timescale_state
+from sa_signals.schema.options import OrderByItem
 
 from .conftest import Database
 

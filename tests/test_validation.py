@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sa_signals import InvalidSignalError, Signal
-from sa_signals.validation import validate_signal, validate_signals
+from sa_signals.write.validation import validate_signal, validate_signals
 
 TS = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
 

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Table, bindparam, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import TextClause
 
-from ..errors import TimescaleUnavailableError
+from ...errors import TimescaleUnavailableError
 from ..options import OrderByItem, TimescaleOptions
 
 __all__ = [

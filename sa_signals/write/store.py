@@ -24,11 +24,11 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from .engine import async_engine, sync_engine
-from .errors import ClientStateError, ConfigurationError, WriteError
-from .metrics import write_metrics
+from ..engine import async_engine, sync_engine
+from ..errors import ClientStateError, ConfigurationError, WriteError
+from ..metrics import write_metrics
+from ..result import WriteResult
 from .repository import _Writer
-from .result import WriteResult
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine

@@ -2,7 +2,7 @@
 
 Accepted inputs: objects with the attributes ``provider, symbol, ts, name, value`` and optionally
 ``score`` and ``metadata`` (``SimpleNamespace``, dataclasses, ...), mappings with those keys, and
-instances of :class:`~sa_signals.model.SignalMixin` models (whose JSON attribute is ``metadata_``).
+instances of :class:`~sa_signals.SignalMixin` models (whose JSON attribute is ``metadata_``).
 
 Each valid signal becomes a :data:`Row`, ``(index, provider, SYMBOL, ts, name, value, score,
 metadata_json)``: the index in the caller's iterable (it decides which duplicate wins), the symbol
@@ -21,8 +21,8 @@ from decimal import Decimal
 from numbers import Real
 from typing import Any, Final
 
-from .errors import InvalidSignalError
-from .model import SignalMixin
+from ..errors import InvalidSignalError
+from ..schema.model import SignalMixin
 
 __all__ = ["Row", "dump_metadata", "validate_signal", "validate_signals"]
 

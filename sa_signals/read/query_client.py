@@ -23,8 +23,9 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
-from .engine import async_engine, sync_engine
-from .errors import ClientStateError, ConfigurationError
+from ..engine import async_engine, sync_engine
+from ..errors import ClientStateError, ConfigurationError
+from ..status import StorageStats, storage_stats
 from .queries import (
     ActiveSignal,
     BucketFunction,
@@ -43,7 +44,6 @@ from .query_repository import (
     SignalQueryRepository,
     _default_table,
 )
-from .status import StorageStats, storage_stats
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine

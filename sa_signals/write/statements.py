@@ -33,8 +33,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Insert
 
-from .errors import ConfigurationError
-from .model import KEY_COLUMNS
+from ..errors import ConfigurationError
+from ..schema.model import KEY_COLUMNS
 
 __all__ = [
     "PAYLOAD_COLUMNS",

@@ -4,7 +4,7 @@ The query methods live in :class:`SignalQueryMethods` / :class:`AsyncSignalQuery
 rely only on ``self.session`` and ``self.table``, so a write repository can inherit them.
 ``session`` may also be a Core ``Connection`` / ``AsyncConnection`` (the clients pass one: it
 spares the ORM session's bookkeeping on every call). Both
-are thin shells over the plans of :mod:`sa_signals.queries`; the async class has the same
+are thin shells over the plans of :mod:`sa_signals.read.queries`; the async class has the same
 method names and awaits the same plans.
 """
 
@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
-from .model import Signal
+from ..schema.model import Signal
 from .queries import (
     TIMESCALE_PROBE,
     ActiveSignal,

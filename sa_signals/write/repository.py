@@ -3,9 +3,9 @@
 
 They join the caller's transaction and never commit. Both run the same synchronous code (the
 async one through ``AsyncSession.run_sync``, as SQLAlchemy's own asyncio extension does); only
-the driver I/O of the COPY path differs (:mod:`sa_signals.copy`).
+the driver I/O of the COPY path differs (:mod:`sa_signals.write.copy`).
 
-Per batch: every signal of the batch is validated first (:mod:`sa_signals.validation`), then
+Per batch: every signal of the batch is validated first (:mod:`sa_signals.write.validation`), then
 batches of at least ``batch_threshold`` signals on PostgreSQL (psycopg or asyncpg) go through
 binary COPY into a staging table and one merge statement; smaller batches, other drivers and
 SQLite use the executemany upsert, deduplicated (last occurrence wins) and sorted by primary key
@@ -25,12 +25,12 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, Table, func, select, tuple_
 from sqlalchemy.orm import Session
 
+from ..errors import ConfigurationError
+from ..metrics import WriteMetrics, write_metrics
+from ..read.query_repository import AsyncSignalQueryMethods, SignalQueryMethods
+from ..result import COPY, UPSERT, WriteResult
+from ..schema.model import KEY_COLUMNS, Signal
 from .copy import copy_rows, supports_copy
-from .errors import ConfigurationError
-from .metrics import WriteMetrics, write_metrics
-from .model import KEY_COLUMNS, Signal
-from .query_repository import AsyncSignalQueryMethods, SignalQueryMethods
-from .result import COPY, UPSERT, WriteResult
 from .statements import merge_statement, stage_ddl, truncate_stage, upsert_statement
 from .validation import Row, validate_signals
 
@@ -206,7 +206,7 @@ class SignalRepository(SignalQueryMethods):
     """Writes and reads signals through a SQLAlchemy :class:`~sqlalchemy.orm.Session`.
 
     The read methods (``get_latest_signals``, ``get_signals_history``...) are those of
-    :class:`~sa_signals.query_repository.SignalQueryRepository`.
+    :class:`~sa_signals.read.query_repository.SignalQueryRepository`.
 
     ``table`` defaults to the library's ``signals`` table; ``batch_threshold`` is the batch size
     from which PostgreSQL writes use COPY; ``metrics`` (a :class:`~sa_signals.metrics.WriteMetrics`

@@ -20,10 +20,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr
 from sqlalchemy.sql.elements import conv
 
+from ..errors import ConfigurationError
+from ..types import JSONDocument, timestamptz
 from .ddl import attach_ddl_hooks
-from .errors import ConfigurationError
 from .options import TIMESCALE_INFO_KEY, TimescaleOptions
-from .types import JSONDocument, timestamptz
 
 __all__ = [
     "DEFAULT_NAMING",

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import ColumnElement
 
-from .errors import InvalidQueryError
+from ..errors import InvalidQueryError
 
 __all__ = [
     "BUCKET_ORIGIN",

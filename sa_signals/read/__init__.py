@@ -1,0 +1,1 @@
+"""The read path: query builders, query repositories and query clients."""

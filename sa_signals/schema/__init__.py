@@ -1,0 +1,1 @@
+"""The table and its server-side setup: model, options and DDL hooks per dialect."""

@@ -1,0 +1,1 @@
+"""The write path: validation, statement builders, COPY, repositories and store clients."""
