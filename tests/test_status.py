@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import Table, insert
 
 from sa_signals import ConfigurationError
+from sa_signals.cli import render_stats
 from sa_signals.status import StorageStats, storage_stats
 
 from .conftest import Database
@@ -104,6 +105,8 @@ def test_plain_table_in_timescale_database_says_so(timescale_db: Database) -> No
 
 
 def test_hypertable_chunks_settings_and_policies(timescale_db: Database) -> None:
+    # The rows are older than compress_after: the policy must not compress them meanwhile.
+    timescale_db.pause_jobs()
     # 3 weeks of rows in 7-day chunks: between 3 and 4 chunks depending on alignment.
     _fill(timescale_db, timescale_db.table, _rows(210, days=21))
     stats = _stats(timescale_db, timescale_db.table)
@@ -133,9 +136,9 @@ def test_hypertable_chunks_settings_and_policies(timescale_db: Database) -> None
 
 
 def test_compression_stats_after_compress_chunk(timescale_db: Database) -> None:
+    timescale_db.pause_jobs()
     _fill(timescale_db, timescale_db.table, _rows(2000, days=14))
-    qualified = f'"{timescale_db.schema}".signals'
-    timescale_db.sql(f"SELECT compress_chunk(c) FROM show_chunks('{qualified}') c")
+    timescale_db.compress_chunks()
     stats = _stats(timescale_db, timescale_db.table, exact_count=True)
     hyper = stats.hypertable
     assert hyper is not None and hyper.compression is not None
@@ -145,3 +148,45 @@ def test_compression_stats_after_compress_chunk(timescale_db: Database) -> None:
     assert before and after
     assert hyper.compression.ratio == pytest.approx(before / after)
     assert stats.row_estimate == 2000
+
+
+def test_policy_times_the_catalog_holds_as_infinite_are_none(timescale_db: Database) -> None:
+    # A job that has never run reads -infinity for its last start and last success, and an
+    # unscheduled one can hold next_start = infinity: no Python datetime holds either.
+    (job,) = timescale_db.pause_jobs()
+    timescale_db.sql("SELECT alter_job(:job, next_start => 'infinity')", job=job)
+    raw = timescale_db.sql(
+        "SELECT CAST(j.next_start AS text), CAST(s.last_run_started_at AS text), "
+        "CAST(s.last_successful_finish AS text) FROM timescaledb_information.jobs j "
+        "JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id WHERE j.job_id = :job",
+        job=job,
+    )
+    assert raw == [("infinity", "-infinity", "-infinity")]
+
+    stats = _stats(timescale_db, timescale_db.table)
+    assert stats.hypertable is not None
+    (policy,) = stats.hypertable.policies
+    assert (policy.job_id, policy.scheduled, policy.job_status) == (job, False, "Paused")
+    assert policy.next_start is None
+    assert policy.last_run_started_at is None and policy.last_successful_finish is None
+    # What `sa-signals status` prints from the same value.
+    assert "policy_compression" in render_stats(stats)
+
+
+def test_background_compression_policy_run_shows_in_stats(native_timescale_db: Database) -> None:
+    db = native_timescale_db
+    (job,) = db.pause_jobs()
+    _fill(db, db.table, _rows(500, days=10))
+    (before,) = [p.total_runs or 0 for p in _stats(db, db.table).hypertable.policies]  # type: ignore[union-attr]
+    # Due now: the scheduler, not this test, runs it.
+    db.sql("SELECT alter_job(:job, scheduled => true, next_start => now())", job=job)
+    db.wait_for_job(job, runs=before + 1)
+    db.pause_jobs()
+    stats = _stats(db, db.table)
+    hyper = stats.hypertable
+    assert hyper is not None
+    assert hyper.compressed_chunk_count == hyper.chunk_count >= 2
+    (policy,) = hyper.policies
+    assert policy.total_runs is not None and policy.total_runs >= before + 1
+    assert policy.last_run_started_at is not None
+    assert policy.last_run_status in ("Success", "Failed")

@@ -8,9 +8,23 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import MetaData, inspect
 
-from sa_signals import TimescaleOptions, TimescaleUnavailableError, ensure_timescale, signals_table
-from sa_signals.schema.ddl.postgresql import read_timescale_state
+from sa_signals import (
+    ExtensionUnavailableError,
+    TimescaleOptions,
+    TimescaleUnavailableError,
+    ensure_timescale,
+    signals_table,
+)
+from sa_signals.schema.ddl.postgresql import (
+    create_extension,
+    extension_available,
+    extension_version,
+    preloaded_libraries,
+    read_timescale_state,
+    timescale_version,
+)
 from sa_signals.schema.options import OrderByItem
+from sa_signals.status import storage_stats
 
 from .conftest import Database
 
@@ -157,13 +171,89 @@ def test_require_timescale_raises_and_creates_nothing(postgres_db: Database) -> 
     assert "strict" not in inspect(postgres_db.engine).get_table_names(schema=postgres_db.schema)
 
 
-def test_create_extension_option_without_server_support_still_warns(
+def _situation(db: Database, extension: str) -> str:
+    """``missing`` (no package), ``unloaded`` (package, not preloaded) or ``loaded``."""
+    with db.engine.connect() as conn:
+        if not extension_available(conn, extension):
+            return "missing"
+        libraries = preloaded_libraries(conn)
+    assert libraries is not None, "the test servers run as a superuser"
+    return "loaded" if extension in libraries else "unloaded"
+
+
+def _require(db: Database, extension: str, situation: str) -> None:
+    found = _situation(db, extension)
+    if found != situation:
+        pytest.skip(f"{extension} is {found} on this server, the test needs it {situation}")
+
+
+def test_create_extension_option_without_the_package_warns(
     postgres_db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
+    _require(postgres_db, "timescaledb", "missing")
     postgres_db.make_table("ext", timescale=TimescaleOptions(create_extension=True))
     with caplog.at_level(logging.WARNING, logger="sa_signals.ddl"):
         postgres_db.metadata.create_all(postgres_db.engine)
     assert any("plain PostgreSQL table" in r.message for r in caplog.records)
+
+
+@pytest.mark.preload
+def test_available_but_not_preloaded_timescaledb_is_not_present(
+    postgres_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pg_available_extensions lists it as soon as the package is installed; only pg_extension
+    # says it is in this database.
+    _require(postgres_db, "timescaledb", "unloaded")
+    with postgres_db.engine.connect() as conn:
+        assert timescale_version(conn) is None
+    with caplog.at_level(logging.WARNING, logger="sa_signals.ddl"):
+        table = postgres_db.table
+    assert any("timescaledb extension not installed" in r.message for r in caplog.records)
+    with postgres_db.engine.connect() as conn:
+        stats = storage_stats(conn, table)
+    assert (stats.backend, stats.timescale_version) == ("postgresql", None)
+
+
+@pytest.mark.preload
+def test_create_extension_option_with_timescaledb_not_preloaded_says_what_to_change(
+    postgres_db: Database,
+) -> None:
+    _require(postgres_db, "timescaledb", "unloaded")
+    postgres_db.make_table("ext", timescale=TimescaleOptions(create_extension=True))
+    with pytest.raises(TimescaleUnavailableError) as excinfo:
+        postgres_db.metadata.create_all(postgres_db.engine)
+    message = str(excinfo.value)
+    assert "shared_preload_libraries" in message and "restart PostgreSQL" in message
+    assert "'timescaledb" in message
+    # Decided before CREATE EXTENSION, which would have ended the session (FATAL): the
+    # server is fine, create_all rolled back whole, and nothing was created.
+    assert "ext" not in inspect(postgres_db.engine).get_table_names(schema=postgres_db.schema)
+    assert postgres_db.sql("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'") == [
+        (0,)
+    ]
+
+
+@pytest.mark.preload
+@pytest.mark.parametrize("extension", ["timescaledb", "citus"])
+def test_create_extension_not_preloaded_raises_and_leaves_the_transaction_usable(
+    pg_db: Database, extension: str
+) -> None:
+    _require(pg_db, extension, "unloaded")
+    with pg_db.engine.begin() as conn:
+        with pytest.raises(ExtensionUnavailableError, match="shared_preload_libraries") as info:
+            create_extension(conn, extension)
+        assert f"'{extension}" in str(info.value)
+        assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
+        assert extension_version(conn, extension) is None
+
+
+def test_create_extension_of_an_installed_extension_returns_its_version(
+    timescale_db: Database,
+) -> None:
+    with timescale_db.engine.begin() as conn:
+        installed = timescale_version(conn)
+        assert installed is not None
+        assert create_extension(conn, "timescaledb") == installed
 
 
 def test_table_in_schema_with_odd_name(timescale_db: Database) -> None:

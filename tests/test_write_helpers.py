@@ -15,8 +15,8 @@ from sa_signals import AsyncSignalsStoreClient, SignalsStoreClient
 from .conftest import Database
 
 BASE = datetime(2024, 1, 1, tzinfo=timezone.utc)
-#: Never reached: on the TimescaleDB (PGlite) tier COPY aborts the server, so the clients
-#: there always take the small-batch path.
+#: Never reached: on PGlite COPY aborts the server, so the clients there always take the
+#: small-batch path (a native TimescaleDB takes COPY like PostgreSQL).
 NO_COPY = 10**9
 
 
@@ -42,7 +42,7 @@ def signals(n: int, *, start: int = 0, value: float = 1.0) -> list[SimpleNamespa
 def client_kwargs(db: Database, **kwargs: Any) -> dict[str, Any]:
     options: dict[str, Any] = {"table": db.table, "registry": CollectorRegistry()}
     options.update(kwargs)
-    if db.tier == "timescale":
+    if db.pglite:
         # One connection at a time on this server: never keep one idle in a pool; and no COPY
         # (PGlite's COPY FROM STDIN aborts the WebAssembly server).
         options.update(poolclass=NullPool, batch_threshold=NO_COPY)
@@ -80,7 +80,10 @@ def expected(items: list[SimpleNamespace]) -> dict[Key, tuple[Any, ...]]:
 
 
 def row_versions(db: Database, table: Table | None = None) -> dict[Key, str]:
-    """PostgreSQL: key -> xmin; an UPDATE always gives the row a new xmin."""
+    """PostgreSQL: key -> xmin; an UPDATE always gives the row a new xmin.
+
+    Compressed chunks have no xmin: on TimescaleDB call ``db.pause_jobs()`` before writing.
+    """
     table = db.table if table is None else table
     name = f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
     rows = db.sql(f"SELECT provider, symbol, ts, name, xmin::text FROM {name}")

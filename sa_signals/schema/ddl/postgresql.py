@@ -15,22 +15,28 @@ from datetime import timedelta
 
 from sqlalchemy import Connection, Table, bindparam, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import TextClause
 
-from ...errors import TimescaleUnavailableError
+from ...errors import ExtensionUnavailableError, TimescaleUnavailableError
 from ..options import OrderByItem, TimescaleOptions
 
 __all__ = [
     "COLUMNSTORE_VERSION",
+    "PRELOADED_EXTENSIONS",
     "TimescaleState",
     "add_compression_policy_sql",
     "add_retention_policy_sql",
     "after_create",
+    "create_extension",
     "create_hypertable_sql",
     "disable_compression_sql",
     "enable_compression_sql",
     "ensure_timescale",
+    "extension_available",
+    "extension_version",
     "interval_literal",
+    "preloaded_libraries",
     "qualified_name",
     "read_timescale_state",
     "remove_compression_policy_sql",
@@ -83,19 +89,106 @@ def _parse_version(text_version: str) -> tuple[int, ...]:
     return tuple(numbers)
 
 
-def timescale_version(connection: Connection) -> tuple[int, ...] | None:
-    """The installed ``timescaledb`` extension version in this database, or ``None``."""
+def extension_version(connection: Connection, name: str) -> tuple[int, ...] | None:
+    """The version of extension ``name`` installed in this database (``pg_extension``), or
+    ``None``. This, not ``pg_available_extensions``, decides whether an extension is present."""
     row = connection.execute(
-        text("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'timescaledb'")
+        text("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = :name"),
+        {"name": name},
     ).first()
     return None if row is None else _parse_version(row[0])
 
 
-def _timescale_available(connection: Connection) -> bool:
+def timescale_version(connection: Connection) -> tuple[int, ...] | None:
+    """The installed ``timescaledb`` extension version in this database, or ``None``."""
+    return extension_version(connection, "timescaledb")
+
+
+def extension_available(connection: Connection, name: str) -> bool:
+    """Whether the server has the package of extension ``name`` (``pg_available_extensions``).
+
+    Available is not loadable: an extension that must be preloaded is listed here as soon as
+    its files are installed, and ``CREATE EXTENSION`` still fails until the server loads it.
+    """
     row = connection.execute(
-        text("SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'timescaledb'")
+        text("SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = :name"),
+        {"name": name},
     ).first()
     return row is not None
+
+
+#: Extensions whose library must be in ``shared_preload_libraries`` before ``CREATE EXTENSION``.
+PRELOADED_EXTENSIONS = frozenset({"timescaledb", "citus"})
+
+
+def preloaded_libraries(connection: Connection) -> tuple[str, ...] | None:
+    """The library names in ``shared_preload_libraries`` (paths and ``.so`` cut), or ``None``
+    when this role may not read the setting (superusers and ``pg_read_all_settings`` may)."""
+    row = connection.execute(
+        text("SELECT setting FROM pg_catalog.pg_settings WHERE name = 'shared_preload_libraries'")
+    ).first()
+    if row is None:
+        return None
+    names = []
+    for entry in str(row[0] or "").split(","):
+        library = entry.strip().strip('"').rsplit("/", 1)[-1]
+        library = library[:-3] if library.endswith(".so") else library
+        if library:
+            names.append(library)
+    return tuple(names)
+
+
+def _loaded(connection: Connection, name: str, libraries: tuple[str, ...] | None) -> bool:
+    if libraries is not None:
+        return name in libraries
+    # Without the right to read the setting, a loaded library still shows its own settings.
+    row = connection.execute(
+        text("SELECT 1 FROM pg_catalog.pg_settings WHERE starts_with(name, :prefix) LIMIT 1"),
+        {"prefix": f"{name}."},
+    ).first()
+    return row is not None
+
+
+def create_extension(
+    connection: Connection,
+    name: str,
+    *,
+    error: type[ExtensionUnavailableError] = ExtensionUnavailableError,
+) -> tuple[int, ...] | None:
+    """``CREATE EXTENSION IF NOT EXISTS name``; return the installed version.
+
+    Returns ``None`` when the server does not have the extension's package at all. Raises
+    ``error`` (an :class:`~sa_signals.errors.ExtensionUnavailableError`) when the package is
+    there but the extension cannot be created, saying what to change: for an extension that
+    must be preloaded and is not, ``shared_preload_libraries`` and a restart. The preload is
+    checked first because TimescaleDB ends the session (``FATAL``) on an unloaded
+    ``CREATE EXTENSION``, which no savepoint could roll back.
+    """
+    version = extension_version(connection, name)
+    if version is not None:
+        return version
+    if not extension_available(connection, name):
+        return None
+    libraries = preloaded_libraries(connection)
+    if name in PRELOADED_EXTENSIONS and not _loaded(connection, name, libraries):
+        current = ", ".join(libraries or ())
+        wanted = f"{name}, {current}" if current else name
+        now = f" (now {current!r})" if libraries is not None else ""
+        raise error(
+            f"the {name} extension is installed on this server but not loaded, so CREATE "
+            f"EXTENSION {name} would fail: add {name!r} to shared_preload_libraries{now}, "
+            f"e.g. shared_preload_libraries = '{wanted}' in postgresql.conf or ALTER SYSTEM SET "
+            f"shared_preload_libraries = '{wanted}', then restart PostgreSQL"
+        )
+    try:
+        with connection.begin_nested():
+            connection.execute(text(f"CREATE EXTENSION IF NOT EXISTS {quote(name)}"))
+    except DBAPIError as exc:
+        raise error(
+            f"CREATE EXTENSION {name} failed: {str(exc.orig).strip()} (it needs a role allowed "
+            "to create it, usually a superuser or the database owner for trusted extensions)"
+        ) from exc
+    return extension_version(connection, name)
 
 
 # -- statement builders (shared with alembic_ext) ------------------------------------------
@@ -317,9 +410,8 @@ def _resolve_version(
     connection: Connection, table: Table, options: TimescaleOptions
 ) -> tuple[int, ...] | None:
     version = timescale_version(connection)
-    if version is None and options.create_extension and _timescale_available(connection):
-        connection.execute(text("CREATE EXTENSION IF NOT EXISTS timescaledb"))
-        version = timescale_version(connection)
+    if version is None and options.create_extension:
+        version = create_extension(connection, "timescaledb", error=TimescaleUnavailableError)
     if version is None:
         where = qualified_name(table.name, table.schema)
         if options.require_timescale:
