@@ -172,8 +172,11 @@ def test_require_timescale_raises_and_creates_nothing(postgres_db: Database) -> 
 
 
 def _situation(db: Database, extension: str) -> str:
-    """``missing`` (no package), ``unloaded`` (package, not preloaded) or ``loaded``."""
+    """``installed`` (in this database), ``missing`` (no package on the server), ``unloaded``
+    (package there, not preloaded) or ``loaded``."""
     with db.engine.connect() as conn:
+        if extension_version(conn, extension) is not None:
+            return "installed"
         if not extension_available(conn, extension):
             return "missing"
         libraries = preloaded_libraries(conn)
