@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import MetaData, inspect
+from sqlalchemy import MetaData, create_engine, inspect
+from sqlalchemy.pool import NullPool
 
 from sa_signals import (
     ExtensionUnavailableError,
@@ -102,12 +104,14 @@ def test_compression_off(timescale_db: Database) -> None:
 def test_create_all_twice_changes_nothing(timescale_db: Database) -> None:
     timescale_db.table  # noqa: B018
     before = _info(timescale_db)
-    jobs_before = timescale_db.sql("SELECT count(*) FROM timescaledb_information.jobs")
+    # This schema's jobs only: other tests may share the server.
+    count_jobs = "SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_schema = :s"
+    jobs_before = timescale_db.sql(count_jobs, s=timescale_db.schema)
     timescale_db.metadata.create_all(timescale_db.engine)
     with timescale_db.engine.begin() as conn:
         assert ensure_timescale(timescale_db.table, conn) is True
     assert _info(timescale_db) == before
-    assert timescale_db.sql("SELECT count(*) FROM timescaledb_information.jobs") == jobs_before
+    assert timescale_db.sql(count_jobs, s=timescale_db.schema) == jobs_before == [(1,)]
 
 
 def test_ensure_timescale_applies_changed_options(timescale_db: Database) -> None:
@@ -248,6 +252,27 @@ def test_create_extension_not_preloaded_raises_and_leaves_the_transaction_usable
         assert f"'{extension}" in str(info.value)
         assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
         assert extension_version(conn, extension) is None
+
+
+def test_create_extension_refused_to_the_role_raises_and_leaves_the_transaction_usable(
+    postgres_db: Database,
+) -> None:
+    # file_fdw (contrib) is untrusted: only a superuser may create it.
+    if _situation(postgres_db, "file_fdw") not in ("unloaded", "loaded"):
+        pytest.skip("file_fdw is not available (or already installed) on this server")
+    role = f"r_{uuid.uuid4().hex[:12]}"
+    postgres_db.sql(f'CREATE ROLE "{role}" LOGIN')
+    engine = create_engine(postgres_db.url.set(username=role, password=None), poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            with pytest.raises(ExtensionUnavailableError, match="as a superuser") as info:
+                create_extension(conn, "file_fdw")
+            assert "permission denied" in str(info.value)
+            assert info.value.__cause__ is not None
+            assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
+    finally:
+        engine.dispose()
+        postgres_db.sql(f'DROP ROLE "{role}"')
 
 
 def test_create_extension_of_an_installed_extension_returns_its_version(

@@ -173,7 +173,7 @@ def create_extension(
     if name in PRELOADED_EXTENSIONS and not _loaded(connection, name, libraries):
         current = ", ".join(libraries or ())
         wanted = f"{name}, {current}" if current else name
-        now = f" (now {current!r})" if libraries is not None else ""
+        now = "" if libraries is None else f" (now {current!r})" if current else " (now empty)"
         raise error(
             f"the {name} extension is installed on this server but not loaded, so CREATE "
             f"EXTENSION {name} would fail: add {name!r} to shared_preload_libraries{now}, "
@@ -184,10 +184,10 @@ def create_extension(
         with connection.begin_nested():
             connection.execute(text(f"CREATE EXTENSION IF NOT EXISTS {quote(name)}"))
     except DBAPIError as exc:
-        raise error(
-            f"CREATE EXTENSION {name} failed: {str(exc.orig).strip()} (it needs a role allowed "
-            "to create it, usually a superuser or the database owner for trusted extensions)"
-        ) from exc
+        hint = ""
+        if getattr(exc.orig, "sqlstate", None) == "42501":  # insufficient_privilege
+            hint = " (run it as a superuser, or as the database owner for a trusted extension)"
+        raise error(f"CREATE EXTENSION {name} failed: {str(exc.orig).strip()}{hint}") from exc
     return extension_version(connection, name)
 
 
