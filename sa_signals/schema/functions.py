@@ -439,7 +439,8 @@ def _pg_bin(compiler: SQLCompiler, width: str, source: str, origin: str) -> str:
     # PostgreSQL < 14 has no date_bin: floor the distance from the origin in whole microseconds.
     distance = f"CAST(round(EXTRACT(EPOCH FROM ({source}) - ({origin})) * 1000000) AS BIGINT)"
     stride = f"CAST(round(EXTRACT(EPOCH FROM {width}) * 1000000) AS BIGINT)"
-    floored = f"({distance} - ((({distance}) % {stride}) + {stride}) % {stride})"
+    # mod() rather than '%', which "format" paramstyles would read as a placeholder.
+    floored = f"({distance} - mod(mod({distance}, {stride}) + {stride}, {stride}))"
     return f"(({origin}) + {floored} * INTERVAL '1 microsecond')"
 
 
@@ -774,7 +775,9 @@ def _bookend_sqlite(element: First | Last, compiler: SQLCompiler, **kw: Any) -> 
         key = f"substr({time_sql}, 1, 19) || substr({time_sql} || '.000000', 20, 7)"
         width = 26
     elif isinstance(time_type, Integer):
-        key = f"printf('{p}019d', {time_sql} + {_INTEGER_KEY_SHIFT})"
+        # printf() formats NULL as 0: keep a NULL time NULL so that min/max skip the row.
+        shifted = f"printf('{p}019d', {time_sql} + {_INTEGER_KEY_SHIFT})"
+        key = f"CASE WHEN {time_sql} IS NOT NULL THEN {shifted} END"
         width = 19
     else:
         raise CompileError(
@@ -786,7 +789,8 @@ def _bookend_sqlite(element: First | Last, compiler: SQLCompiler, **kw: Any) -> 
         encoded = f"printf('{p}d', {value_sql})"
     elif isinstance(value_type, (Float, Numeric)):
         head = f"printf('{p}-24.15e', {value_sql})"
-        encoded = f"{head} || printf('{p}.15e', {value_sql} - CAST({head} AS REAL))"
+        # The remainder travels negated: head - (head - value) keeps the sign of -0.0.
+        encoded = f"{head} || printf('{p}.15e', CAST({head} AS REAL) - {value_sql})"
     else:
         encoded = f"'V' || CAST({value_sql} AS TEXT)"
     aggregate = "max" if element._descending else "min"
@@ -795,7 +799,7 @@ def _bookend_sqlite(element: First | Last, compiler: SQLCompiler, **kw: Any) -> 
     if isinstance(value_type, (Integer, Boolean)):
         return f"CAST({payload} AS INTEGER)"
     if isinstance(value_type, (Float, Numeric)):
-        return f"(CAST(substr({payload}, 1, 24) AS REAL) + CAST(substr({payload}, 25) AS REAL))"
+        return f"(CAST(substr({payload}, 1, 24) AS REAL) - CAST(substr({payload}, 25) AS REAL))"
     return f"substr({payload}, 2)"
 
 
