@@ -420,6 +420,8 @@ def test_postgresql_default_is_the_timescaledb_form() -> None:
     assert "time_bucket(" in sql and "first(t.v, t.ts)" in sql
     portable = select(time_bucket(timedelta(hours=1), table.c.ts, timescale=False))
     assert "date_bin(" in str(portable.compile(dialect=postgresql.dialect()))
+    # Printing a statement (the default dialect) shows TimescaleDB's spelling.
+    assert "time_bucket(" in str(query) and "first(t.v, t.ts)" in str(query)
 
 
 def test_cached_statements_take_new_constants(db: Database) -> None:

@@ -14,6 +14,8 @@ How each compiles (TimescaleDB / plain PostgreSQL / SQLite):
 - ``time_bucket_gapfill``, ``locf``, ``interpolate``: the function / :class:`CompileError` /
   :class:`CompileError` (no portable meaning).
 
+Other dialects, and ``str(statement)``, get TimescaleDB's spelling.
+
 Every portable form returns what TimescaleDB returns: buckets are aligned on TimescaleDB's default
 origin (:data:`DEFAULT_ORIGIN`, a Monday) and ``first``/``last`` ignore rows whose time is NULL.
 
@@ -444,27 +446,33 @@ def _pg_bin(compiler: SQLCompiler, width: str, source: str, origin: str) -> str:
     return f"(({origin}) + {floored} * INTERVAL '1 microsecond')"
 
 
+def _stamp(ts: ColumnElement[Any]) -> str:
+    return "TIMESTAMP WITH TIME ZONE" if _is_aware_time(ts) else "TIMESTAMP WITHOUT TIME ZONE"
+
+
 @compiles(TimeBucket)
-def _time_bucket_other(element: TimeBucket, compiler: SQLCompiler, **kw: Any) -> str:
-    raise CompileError(f"time_bucket() has no form for the {compiler.dialect.name} dialect")
+def _time_bucket_timescale(element: TimeBucket, compiler: SQLCompiler, **kw: Any) -> str:
+    # TimescaleDB's spelling; also what str(statement) and other dialects show.
+    width, ts, origin, offset, zone = element.arguments
+    arguments = [_render(compiler, width, "INTERVAL", kw), _sql(compiler, ts, kw)]
+    if _given(zone):
+        arguments.append(_render(compiler, zone, "TEXT", kw))
+    if _given(origin):
+        arguments.append("origin => " + _render(compiler, origin, _stamp(ts), kw))
+    if _given(offset):
+        arguments.append('"offset" => ' + _render(compiler, offset, "INTERVAL", kw))
+    return f"time_bucket({', '.join(arguments)})"
 
 
 @compiles(TimeBucket, "postgresql")
 def _time_bucket_postgresql(element: TimeBucket, compiler: SQLCompiler, **kw: Any) -> str:
+    if _uses_timescale(element, compiler, kw):
+        return _time_bucket_timescale(element, compiler, **kw)
     width, ts, origin, offset, zone = element.arguments
     aware = _is_aware_time(ts)
-    stamp = "TIMESTAMP WITH TIME ZONE" if aware else "TIMESTAMP WITHOUT TIME ZONE"
+    stamp = _stamp(ts)
     width_sql = _render(compiler, width, "INTERVAL", kw)
     ts_sql = _sql(compiler, ts, kw)
-    if _uses_timescale(element, compiler, kw):
-        arguments = [width_sql, ts_sql]
-        if _given(zone):
-            arguments.append(_render(compiler, zone, "TEXT", kw))
-        if _given(origin):
-            arguments.append("origin => " + _render(compiler, origin, stamp, kw))
-        if _given(offset):
-            arguments.append('"offset" => ' + _render(compiler, offset, "INTERVAL", kw))
-        return f"time_bucket({', '.join(arguments)})"
     # TimescaleDB's algorithm: with a time zone, bucket the local wall time (origin read in that
     # zone too) and convert back; an offset shifts the time before bucketing and back after.
     zone_sql = _render(compiler, zone, "TEXT", kw) if _given(zone) else None
@@ -566,16 +574,9 @@ def time_bucket_gapfill(
 
 
 @compiles(TimeBucketGapfill)
-def _gapfill_other(element: TimeBucketGapfill, compiler: SQLCompiler, **kw: Any) -> str:
-    raise _needs_timescale("time_bucket_gapfill", compiler)
-
-
-@compiles(TimeBucketGapfill, "postgresql")
-def _gapfill_postgresql(element: TimeBucketGapfill, compiler: SQLCompiler, **kw: Any) -> str:
-    if not _uses_timescale(element, compiler, kw):
-        raise _needs_timescale("time_bucket_gapfill", compiler)
+def _gapfill_timescale(element: TimeBucketGapfill, compiler: SQLCompiler, **kw: Any) -> str:
     width, ts, zone, start, finish = element.arguments
-    stamp = "TIMESTAMP WITH TIME ZONE" if _is_aware_time(ts) else "TIMESTAMP WITHOUT TIME ZONE"
+    stamp = _stamp(ts)
     arguments = [_render(compiler, width, "INTERVAL", kw), _sql(compiler, ts, kw)]
     if _given(zone):
         arguments.append(_render(compiler, zone, "TEXT", kw))
@@ -588,6 +589,21 @@ def _gapfill_postgresql(element: TimeBucketGapfill, compiler: SQLCompiler, **kw:
             )
             arguments.append(f"{name} => {sql}")
     return f"time_bucket_gapfill({', '.join(arguments)})"
+
+
+def _timescale_only(name: str, timescale_sql: Any) -> Any:
+    """The PostgreSQL compiler of a construct without a portable form."""
+
+    def compile_postgresql(element: Hyperfunction[Any], compiler: SQLCompiler, **kw: Any) -> str:
+        if not _uses_timescale(element, compiler, kw):
+            raise _needs_timescale(name, compiler)
+        sql: str = timescale_sql(element, compiler, **kw)
+        return sql
+
+    def compile_sqlite(element: Hyperfunction[Any], compiler: SQLCompiler, **kw: Any) -> str:
+        raise _needs_timescale(name, compiler)
+
+    return compile_postgresql, compile_sqlite
 
 
 # --------------------------------------------------------------------------- locf, interpolate
@@ -657,21 +673,8 @@ def interpolate(
     return result
 
 
-def _gapfill_helper(name: str) -> Any:
-    def other(element: Hyperfunction[Any], compiler: SQLCompiler, **kw: Any) -> str:
-        raise _needs_timescale(name, compiler)
-
-    return other
-
-
-compiles(Locf)(_gapfill_helper("locf"))
-compiles(Interpolate)(_gapfill_helper("interpolate"))
-
-
-@compiles(Locf, "postgresql")
-def _locf_postgresql(element: Locf, compiler: SQLCompiler, **kw: Any) -> str:
-    if not _uses_timescale(element, compiler, kw):
-        raise _needs_timescale("locf", compiler)
+@compiles(Locf)
+def _locf_timescale(element: Locf, compiler: SQLCompiler, **kw: Any) -> str:
     value, prev, treat = element.arguments
     arguments = [_sql(compiler, value, kw)]
     if _given(prev):
@@ -681,10 +684,8 @@ def _locf_postgresql(element: Locf, compiler: SQLCompiler, **kw: Any) -> str:
     return f"locf({', '.join(arguments)})"
 
 
-@compiles(Interpolate, "postgresql")
-def _interpolate_postgresql(element: Interpolate, compiler: SQLCompiler, **kw: Any) -> str:
-    if not _uses_timescale(element, compiler, kw):
-        raise _needs_timescale("interpolate", compiler)
+@compiles(Interpolate)
+def _interpolate_timescale(element: Interpolate, compiler: SQLCompiler, **kw: Any) -> str:
     value, prev, following = element.arguments
     arguments = [_sql(compiler, value, kw)]
     if _given(prev):
@@ -692,6 +693,16 @@ def _interpolate_postgresql(element: Interpolate, compiler: SQLCompiler, **kw: A
     if _given(following):
         arguments.append(f"next => {_sql(compiler, following, kw)}")
     return f"interpolate({', '.join(arguments)})"
+
+
+for _cls, _name, _sql_of in (
+    (TimeBucketGapfill, "time_bucket_gapfill", _gapfill_timescale),
+    (Locf, "locf", _locf_timescale),
+    (Interpolate, "interpolate", _interpolate_timescale),
+):
+    _on_postgresql, _on_sqlite = _timescale_only(_name, _sql_of)
+    compiles(_cls, "postgresql")(_on_postgresql)
+    compiles(_cls, "sqlite")(_on_sqlite)
 
 
 # --------------------------------------------------------------------------- first, last
@@ -741,15 +752,16 @@ def last(
     return result
 
 
-def _bookend_other(element: First | Last, compiler: SQLCompiler, **kw: Any) -> str:
-    raise CompileError(f"{element.name}() has no form for the {compiler.dialect.name} dialect")
+def _bookend_timescale(element: First | Last, compiler: SQLCompiler, **kw: Any) -> str:
+    value, time = element.arguments
+    return f"{element.name}({_sql(compiler, value, kw)}, {_sql(compiler, time, kw)})"
 
 
 def _bookend_postgresql(element: First | Last, compiler: SQLCompiler, **kw: Any) -> str:
+    if _uses_timescale(element, compiler, kw):
+        return _bookend_timescale(element, compiler, **kw)
     value, time = element.arguments
     value_sql, time_sql = _sql(compiler, value, kw), _sql(compiler, time, kw)
-    if _uses_timescale(element, compiler, kw):
-        return f"{element.name}({value_sql}, {time_sql})"
     direction = "DESC" if element._descending else "ASC"
     return (
         f"(array_agg({value_sql} ORDER BY {time_sql} {direction}) "
@@ -803,8 +815,8 @@ def _bookend_sqlite(element: First | Last, compiler: SQLCompiler, **kw: Any) -> 
     return f"substr({payload}, 2)"
 
 
-for _cls in (First, Last):
-    compiles(_cls)(_bookend_other)
-    compiles(_cls, "postgresql")(_bookend_postgresql)
-    compiles(_cls, "sqlite")(_bookend_sqlite)
-del _cls
+for _bookend in (First, Last):
+    compiles(_bookend)(_bookend_timescale)
+    compiles(_bookend, "postgresql")(_bookend_postgresql)
+    compiles(_bookend, "sqlite")(_bookend_sqlite)
+del _bookend, _cls, _name, _sql_of, _on_postgresql, _on_sqlite
