@@ -395,7 +395,8 @@ def time_bucket(
     (give one or the other). With ``timezone`` (a name such as ``'Europe/Berlin'``, timestamptz
     only) buckets follow that zone's local time, so daily buckets start at local midnight and
     the origin is read as local wall time (PostgreSQL only: SQLite has no time zone database).
-    The result has ``ts``'s type.
+    The result has ``ts``'s type. ``timescale`` forces TimescaleDB's or the portable form on
+    PostgreSQL (see the module documentation for the default).
     """
     width = _width("width", width)
     aware = _is_aware_time(ts)
