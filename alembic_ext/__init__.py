@@ -28,6 +28,7 @@ from .autogenerate import (
     CompareContext,
     compare_model,
     register_comparator,
+    unregister_comparator,
 )
 from .autogenerate import register as _register
 from .compare import compare_schemas, compare_timescale, diff_table
@@ -98,6 +99,7 @@ __all__ = [
     "register_comparator",
     "render_item",
     "to_timedelta",
+    "unregister_comparator",
 ]
 
 #: Directory of the ready migrations (add it to ``version_locations`` or copy from it).

@@ -41,6 +41,7 @@ __all__ = [
     "register",
     "register_comparator",
     "setup",
+    "unregister_comparator",
 ]
 
 #: Name of the (empty) autogenerate plugin on Alembic 1.18+, for ``env.py`` files that list it.
@@ -119,6 +120,11 @@ def register_comparator(name: str, comparator: Comparator) -> None:
     Registering a name again replaces its comparator (a module imported twice adds nothing).
     """
     _comparators[name] = comparator
+
+
+def unregister_comparator(name: str) -> None:
+    """Stop running the comparator registered as ``name`` (no error if there is none)."""
+    _comparators.pop(name, None)
 
 
 def _strip_info(upgrade_ops: UpgradeOps) -> None:
