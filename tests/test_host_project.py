@@ -19,6 +19,7 @@ options, the default schema is ``public`` and the host's tables there are droppe
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -28,11 +29,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from types import ModuleType
 
 import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from .conftest import Database, _required
@@ -149,6 +152,26 @@ class HostProject:
             )
         (self.path / "migrations" / "env.py").write_text(source)
 
+    def import_models(self) -> ModuleType:
+        """The host's ``myapp.models`` as the project's own code imports it (a fresh copy)."""
+        name = f"myapp_models_{self.analytics}"
+        spec = importlib.util.spec_from_file_location(name, self.path / "myapp" / "models.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        previous = os.environ.get("MYAPP_ANALYTICS_SCHEMA")
+        os.environ["MYAPP_ANALYTICS_SCHEMA"] = self.analytics
+        # Declarative resolves the annotations through sys.modules while the classes are built.
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            del sys.modules[name]
+            if previous is None:
+                del os.environ["MYAPP_ANALYTICS_SCHEMA"]
+            else:
+                os.environ["MYAPP_ANALYTICS_SCHEMA"] = previous
+        return module
+
     def sql(self, statement: str, **params: object) -> list[tuple[object, ...]]:
         engine = create_engine(self.url, poolclass=NullPool)
         try:
@@ -226,6 +249,14 @@ def _make_project(db: Database, tmp_path: Path, alembic: Path) -> Iterator[HostP
 def host(pg_db: Database, tmp_path: Path, alembic_exe: Path) -> Iterator[HostProject]:
     """The host project on PostgreSQL and on TimescaleDB, for each Alembic version."""
     yield from _make_project(pg_db, tmp_path, alembic_exe)
+
+
+@pytest.fixture
+def versions_host(
+    postgres_db: Database, tmp_path: Path, alembic_exe: Path
+) -> Iterator[HostProject]:
+    """The host project on PostgreSQL, for each Alembic version."""
+    yield from _make_project(postgres_db, tmp_path, alembic_exe)
 
 
 @pytest.fixture
@@ -359,6 +390,21 @@ def test_first_revision_upgrade_check_and_downgrade(host: HostProject) -> None:
         assert f'skipped create_hypertable on "{host.analytics}"."model_signals"' in str(skipped)
         assert f"{path.name}:" in upgraded.stderr
 
+    # The host's own code writes through its ORM model (metadata= reaches the JSON column).
+    models = host.import_models()
+    engine = create_engine(host.url, poolclass=NullPool)
+    ts = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    try:
+        with Session(engine) as session, session.begin():
+            session.add(
+                models.ModelSignal(
+                    provider="ibkr", symbol="SPY", ts=ts, name="orm", value=1.0, metadata={"w": 1}
+                )
+            )
+    finally:
+        engine.dispose()
+    assert host.sql(f'SELECT metadata FROM "{host.analytics}".model_signals') == [({"w": 1},)]
+
     # The second autogenerate finds nothing on either server (alembic check fails otherwise).
     checked = host.run("check")
     assert "No new upgrade operations detected" in checked.stdout
@@ -374,7 +420,8 @@ def test_first_revision_upgrade_check_and_downgrade(host: HostProject) -> None:
         assert host.hypertables() == {}
 
 
-def test_plugin_form_writes_the_same_revision(host: HostProject) -> None:
+def test_plugin_form_writes_the_same_revision(versions_host: HostProject) -> None:
+    host = versions_host
     plain, _ = host.revision("import only")
     expected = sorted(statements(plain.read_text()))
     plain.unlink()
