@@ -1,5 +1,7 @@
 """The docs' examples type-check in a user's project, under mypy's default and strict modes.
 
+So does the host-project suite's application (``tests/host_project/myapp``).
+
 Each page's runnable ``python`` blocks (those :mod:`tests.test_docs` runs; ``fragment`` blocks
 are excerpts, not programs) become one module, in page order like the docs tests run them, and
 mypy checks all of them in a subprocess, finding ``sa_signals`` and ``alembic_ext`` in this
@@ -21,6 +23,8 @@ import pytest
 from .test_docs import ALL_BLOCKS, ROOT, Block
 
 # One cache per environment: the SQLAlchemy it reads differs between CI's virtualenvs.
+#: The host-project suite's application: an ORM model of a user's own project.
+HOST_MODELS = ROOT / "tests" / "host_project" / "myapp" / "models.py"
 CACHE = (
     Path(tempfile.gettempdir())
     / f"sa_signals_mypy_cache_{os.getuid()}"
@@ -87,6 +91,7 @@ def _report(strict: bool, directory: Path) -> tuple[dict[Path, list[tuple[Block,
             str(CACHE / ("strict" if strict else "default")),
             *(["--strict"] if strict else []),
             *(str(path) for path in modules),
+            str(HOST_MODELS),
         ]
         result = subprocess.run(
             command,
@@ -128,4 +133,13 @@ def test_docs_examples_type_check(
 ) -> None:
     _, report = _report(strict, tmp_path_factory.mktemp("typing"))
     errors = [line for line in report.splitlines() if line.startswith(f"{page}:")]
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_host_project_models_type_check(
+    strict: bool, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    _, report = _report(strict, tmp_path_factory.mktemp("typing"))
+    errors = [line for line in report.splitlines() if line.startswith(str(HOST_MODELS))]
     assert not errors, "\n".join(errors)
