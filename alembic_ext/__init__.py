@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import aggregates as _aggregates  # noqa: F401  (registers the aggregate operations)
 from . import compare as _compare  # noqa: F401  (registers the comparators)
 from . import implementations as _implementations  # noqa: F401  (registers implementations)
 from . import render as _render  # noqa: F401  (registers renderers)

@@ -155,9 +155,9 @@ class TimescaleOp(MigrateOperation):
     def reverse(self) -> MigrateOperation:
         if self.new_table:
             return DroppedWithTableOp(self)
-        return self._reverse()
+        return self._opposite()
 
-    def _reverse(self) -> MigrateOperation:
+    def _opposite(self) -> MigrateOperation:
         raise NotImplementedError
 
 
@@ -291,7 +291,7 @@ class CreateHypertableOp(TimescaleOp):
             )
         )
 
-    def _reverse(self) -> KeepHypertableOp:
+    def _opposite(self) -> KeepHypertableOp:
         return KeepHypertableOp(self.table_name, schema=self.schema)
 
 
@@ -311,7 +311,7 @@ class KeepHypertableOp(TimescaleOp):
         """Record that ``table_name`` stays a hypertable (a no-op, logged)."""
         operations.invoke(cls(table_name, schema=schema))
 
-    def _reverse(self) -> KeepHypertableOp:
+    def _opposite(self) -> KeepHypertableOp:
         return KeepHypertableOp(self.table_name, schema=self.schema)
 
 
@@ -346,7 +346,7 @@ class SetChunkTimeIntervalOp(TimescaleOp):
         """Change the chunk interval of a hypertable (existing chunks keep theirs)."""
         operations.invoke(cls(table_name, chunk_time_interval, schema=schema))
 
-    def _reverse(self) -> SetChunkTimeIntervalOp:
+    def _opposite(self) -> SetChunkTimeIntervalOp:
         if self._previous is None:
             raise ValueError(
                 f"set_chunk_time_interval on {self.table_name!r} is not reversible: "
@@ -440,7 +440,7 @@ class EnableCompressionOp(TimescaleOp):
             )
         )
 
-    def _reverse(self) -> EnableCompressionOp | DisableCompressionOp:
+    def _opposite(self) -> EnableCompressionOp | DisableCompressionOp:
         if self._previous is not None:
             segment_by, order_by = self._previous
             return EnableCompressionOp(
@@ -491,7 +491,7 @@ class DisableCompressionOp(TimescaleOp):
         """Disable compression; ``decompress=True`` decompresses compressed chunks first."""
         operations.invoke(cls(table_name, schema=schema, decompress=decompress))
 
-    def _reverse(self) -> EnableCompressionOp:
+    def _opposite(self) -> EnableCompressionOp:
         segment_by, order_by = self._previous if self._previous is not None else ((), ())
         return EnableCompressionOp(
             self.table_name, segment_by=segment_by, order_by=order_by, schema=self.schema
@@ -549,7 +549,7 @@ class AddCompressionPolicyOp(_PolicyOp):
         """Add a compression policy (no-op if the table already has one)."""
         operations.invoke(cls(table_name, compress_after, schema=schema))
 
-    def _reverse(self) -> RemoveCompressionPolicyOp:
+    def _opposite(self) -> RemoveCompressionPolicyOp:
         return RemoveCompressionPolicyOp(
             self.table_name, schema=self.schema, _previous=self.compress_after
         )
@@ -566,7 +566,7 @@ class RemoveCompressionPolicyOp(_RemovePolicyOp):
         """Remove the table's compression policy (no-op if there is none)."""
         operations.invoke(cls(table_name, schema=schema))
 
-    def _reverse(self) -> AddCompressionPolicyOp:
+    def _opposite(self) -> AddCompressionPolicyOp:
         after = self._previous_or_fail("remove_compression_policy")
         return AddCompressionPolicyOp(self.table_name, after, schema=self.schema)
 
@@ -595,7 +595,7 @@ class AddRetentionPolicyOp(_PolicyOp):
         """Add a retention policy (no-op if the table already has one)."""
         operations.invoke(cls(table_name, drop_after, schema=schema))
 
-    def _reverse(self) -> RemoveRetentionPolicyOp:
+    def _opposite(self) -> RemoveRetentionPolicyOp:
         return RemoveRetentionPolicyOp(
             self.table_name, schema=self.schema, _previous=self.drop_after
         )
@@ -612,6 +612,6 @@ class RemoveRetentionPolicyOp(_RemovePolicyOp):
         """Remove the table's retention policy (no-op if there is none)."""
         operations.invoke(cls(table_name, schema=schema))
 
-    def _reverse(self) -> AddRetentionPolicyOp:
+    def _opposite(self) -> AddRetentionPolicyOp:
         after = self._previous_or_fail("remove_retention_policy")
         return AddRetentionPolicyOp(self.table_name, after, schema=self.schema)
