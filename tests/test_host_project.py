@@ -391,6 +391,8 @@ def test_first_revision_upgrade_check_and_downgrade(host: HostProject) -> None:
         assert f"{path.name}:" in upgraded.stderr
 
     # The host's own code writes through its ORM model (metadata= reaches the JSON column).
+    if host.db.tier == "timescale":
+        _pause_jobs(host, host.analytics, "model_signals")
     models = host.import_models()
     engine = create_engine(host.url, poolclass=NullPool)
     ts = datetime(2024, 1, 1, tzinfo=timezone.utc)
