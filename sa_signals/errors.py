@@ -8,9 +8,12 @@ __all__ = [
     "ExtensionUnavailableError",
     "InvalidQueryError",
     "InvalidSignalError",
+    "MigrationError",
     "MissingDependencyError",
     "SignalsError",
+    "SignalsWarning",
     "TimescaleUnavailableError",
+    "TimescaleUnavailableWarning",
     "WriteError",
 ]
 
@@ -50,6 +53,18 @@ class ExtensionUnavailableError(SignalsError):
 class TimescaleUnavailableError(ExtensionUnavailableError):
     """TimescaleDB was required but the ``timescaledb`` extension is not installed, or
     ``create_extension`` was asked for and the server cannot load it."""
+
+
+class MigrationError(SignalsError):
+    """An Alembic operation cannot run as written; the message says what to change."""
+
+
+class SignalsWarning(UserWarning):
+    """Base class of the warnings sa_signals issues (shown by Python's default filters)."""
+
+
+class TimescaleUnavailableWarning(SignalsWarning):
+    """A TimescaleDB step was skipped because the ``timescaledb`` extension is not installed."""
 
 
 class MissingDependencyError(SignalsError, ImportError):
