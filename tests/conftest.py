@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from sa_signals import TimescaleOptions, signals_table
@@ -241,20 +242,39 @@ def _pg_database(url: URL, tier: str, pglite: bool = False) -> Iterator[Database
     admin = create_engine(url, poolclass=NullPool)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    database = Database(tier, engine.url, asyncpg_url(url), engine, schema, pglite)
     try:
-        yield Database(
-            tier,
-            engine.url,
-            asyncpg_url(url),
-            engine,
-            schema,
-            pglite,
-        )
+        yield database
     finally:
+        if tier == "timescale" and not pglite:
+            _quiet_schema(database)
         engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        for attempt in range(5):
+            try:
+                with admin.begin() as conn:
+                    conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+                break
+            except DBAPIError as exc:
+                # A job started by the scheduler between the pause and the drop.
+                if attempt == 4 or getattr(exc.orig, "sqlstate", None) != "40P01":
+                    raise
         admin.dispose()
+
+
+def _quiet_schema(database: Database) -> None:
+    """Stop the schema's background jobs (policies, refreshes) and let running ones finish:
+    a job working on a table while DROP SCHEMA takes its locks deadlocks with it."""
+    rows = database.sql(
+        "SELECT job_id FROM timescaledb_information.jobs WHERE hypertable_schema = :s",
+        s=database.schema,
+    )
+    jobs = [int(r[0]) for r in rows]  # type: ignore[call-overload]
+    for job in jobs:
+        database.sql("SELECT alter_job(:job, scheduled => false)", job=job)
+    database.wait_until(
+        lambda: not any(database._job_status(job) == "Running" for job in jobs),
+        f"jobs {jobs} of schema {database.schema} still running at teardown",
+    )
 
 
 def _sqlite_database(tmp_path: Path) -> Iterator[Database]:
