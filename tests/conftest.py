@@ -242,12 +242,16 @@ def _pg_database(url: URL, tier: str, pglite: bool = False) -> Iterator[Database
     admin = create_engine(url, poolclass=NullPool)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    # PGlite ignores the search_path startup option: unqualified names land in public there.
+    public_before = _public_relations(admin) if pglite else set()
     database = Database(tier, engine.url, asyncpg_url(url), engine, schema, pglite)
     try:
         yield database
     finally:
         if tier == "timescale" and not pglite:
             _quiet_schema(database)
+        if pglite:
+            _drop_leaked(admin, public_before)
         engine.dispose()
         for attempt in range(5):
             try:
@@ -259,6 +263,31 @@ def _pg_database(url: URL, tier: str, pglite: bool = False) -> Iterator[Database
                 if attempt == 4 or getattr(exc.orig, "sqlstate", None) != "40P01":
                     raise
         admin.dispose()
+
+
+def _public_relations(admin: Engine) -> set[tuple[str, str]]:
+    with admin.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT c.relname, c.relkind FROM pg_catalog.pg_class c "
+                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm')"
+            )
+        )
+        return {(str(r[0]), str(r[1])) for r in rows}
+
+
+def _drop_leaked(admin: Engine, before: set[tuple[str, str]]) -> None:
+    """Drop what a test left in ``public`` on PGlite, so the next test starts clean."""
+    # Tables first: CASCADE takes their views and continuous aggregates along.
+    leaked = sorted(_public_relations(admin) - before, key=lambda r: r[1] not in ("r", "p"))
+    kinds = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW"}
+    for name, kind in leaked:
+        try:
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP {kinds[kind]} IF EXISTS public."{name}" CASCADE'))
+        except DBAPIError:
+            pass  # gone with an earlier CASCADE, or a view TimescaleDB drops with its table
 
 
 def _quiet_schema(database: Database) -> None:
