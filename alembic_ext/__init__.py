@@ -15,6 +15,13 @@ their renderers, and the autogenerate comparator. In ``env.py``::
 
 from __future__ import annotations
 
+try:
+    import alembic  # noqa: F401  (the guard: everything below needs it)
+except ImportError:
+    from sa_signals.errors import MissingDependencyError
+
+    raise MissingDependencyError("alembic", "alembic") from None
+
 from pathlib import Path
 
 from . import implementations as _implementations  # noqa: F401  (registers implementations)
