@@ -12,7 +12,8 @@ refused with :class:`~sa_signals.errors.ConfigurationError`; a missing driver ra
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import sys
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
@@ -23,7 +24,13 @@ from .errors import ConfigurationError, MissingDependencyError
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["SUPPORTED_BACKENDS", "async_engine", "normalize_url", "sync_engine"]
+__all__ = [
+    "SUPPORTED_BACKENDS",
+    "async_engine",
+    "is_async_engine",
+    "normalize_url",
+    "sync_engine",
+]
 
 #: The database backends sa_signals runs on (TimescaleDB is PostgreSQL with an extension).
 SUPPORTED_BACKENDS = ("postgresql", "sqlite")
@@ -103,12 +110,25 @@ def sync_engine(uri: str | URL | Engine, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def is_async_engine(value: object) -> TypeGuard[AsyncEngine]:
+    """Whether ``value`` is an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`.
+
+    Does not import SQLAlchemy's asyncio layer, which needs greenlet: an ``AsyncEngine`` can only
+    exist once that layer is loaded.
+    """
+    module = sys.modules.get("sqlalchemy.ext.asyncio")
+    return module is not None and isinstance(value, module.AsyncEngine)
+
+
 def async_engine(uri: str | URL | AsyncEngine, **kwargs: Any) -> AsyncEngine:
     """An :class:`~sqlalchemy.ext.asyncio.AsyncEngine` for ``uri`` (passed through if one)."""
-    from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-
-    if isinstance(uri, AsyncEngine):
+    if is_async_engine(uri):
         return uri
+    if not isinstance(uri, (str, URL)):
+        raise ConfigurationError(f"not a database URI or AsyncEngine: {uri!r}")
     url = normalize_url(uri, asynchronous=True)
     _check_driver(url, asynchronous=True)
+    # Imported only now: SQLAlchemy's asyncio layer fails to import without greenlet.
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     return create_async_engine(url, **kwargs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -140,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("sa-signals: interrupted\n")
         return 130
+    except BrokenPipeError:
+        # The reader went away (``sa-signals status | head``): stop quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (SignalsError, SQLAlchemyError, CommandError, ImportError, OSError) as exc:
         if debug:
             raise

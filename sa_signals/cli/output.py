@@ -75,17 +75,21 @@ def _numeric(rows: Sequence[Mapping[str, object]], column: str) -> bool:
     )
 
 
-def format_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:
+def format_table(
+    rows: Sequence[Mapping[str, object]], columns: Sequence[str], right: Sequence[str] = ()
+) -> str:
     """Plain-text table of ``rows``: header, dashed rule, numbers right-aligned; ``(no rows)``."""
     if not rows:
         return "  (no rows)"
     cells = [[cell(row.get(column)) for column in columns] for row in rows]
     widths = [max(len(column), *(len(r[i]) for r in cells)) for i, column in enumerate(columns)]
-    right = [_numeric(rows, column) for column in columns]
+    aligned = Table("", rows, columns, right)
+    right_flags = [aligned.right_aligned(column) for column in columns]
 
     def line(values: Sequence[str]) -> str:
         parts = [
-            v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True)
+            v.rjust(w) if r else v.ljust(w)
+            for v, w, r in zip(values, widths, right_flags, strict=True)
         ]
         return ("  " + "  ".join(parts)).rstrip()
 
@@ -105,11 +109,16 @@ class Fields:
 
 @dataclass(frozen=True)
 class Table:
-    """A titled table; numeric columns are right-aligned."""
+    """A titled table; numeric columns, and those named in ``right``, are right-aligned."""
 
     title: str
     rows: Sequence[Mapping[str, object]]
     columns: Sequence[str]
+    right: Sequence[str] = ()
+
+    def right_aligned(self, column: str) -> bool:
+        """Whether ``column`` holds numbers (or is named in ``right``)."""
+        return column in self.right or _numeric(self.rows, column)
 
 
 Section = Fields | Table | str
@@ -173,6 +182,7 @@ def stats_sections(stats: StorageStats) -> list[Section]:
             "indexes",
             [{"name": i.name, "size": size(i.size_bytes), "scans": i.scans} for i in stats.indexes],
             ["name", "size", "scans"],
+            right=["size", "scans"],
         )
     )
     if hyper is not None:
@@ -339,13 +349,14 @@ class Output:
 
     def _table(self, table: Table) -> None:
         if self.out_console is None:
-            self.stdout.write(f"\n{table.title}\n{format_table(table.rows, table.columns)}\n")
+            text = format_table(table.rows, table.columns, table.right)
+            self.stdout.write(f"\n{table.title}\n{text}\n")
             return
         from rich.table import Table as RichTable
 
         rich_table = RichTable(title=table.title, title_justify="left", title_style="bold")
         for column in table.columns:
-            right = _numeric(table.rows, column)
+            right = table.right_aligned(column)
             rich_table.add_column(column, justify="right" if right else "left")
         for row in table.rows:
             rich_table.add_row(*(cell(row.get(column)) for column in table.columns))
