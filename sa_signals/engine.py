@@ -3,8 +3,9 @@
 A plain ``postgresql://`` URI picks psycopg 3 for sync clients and asyncpg for async ones; a URI
 with an explicit driver is used as given, except that an async driver given to a sync engine
 (``postgresql+asyncpg``, ``sqlite+aiosqlite``) is swapped for its sync twin. ``sslmode`` is
-translated for asyncpg, which calls it ``ssl``. Backends other than PostgreSQL and SQLite are
-refused with :class:`~sa_signals.errors.ConfigurationError`; a missing driver raises
+translated for asyncpg, which calls it ``ssl`` (and back when asyncpg is swapped for psycopg).
+Backends other than PostgreSQL and SQLite are refused with
+:class:`~sa_signals.errors.ConfigurationError`; a missing driver raises
 :class:`~sa_signals.errors.MissingDependencyError` naming the extra to install. Existing
 ``Engine`` / ``AsyncEngine`` objects pass through untouched.
 """
@@ -49,6 +50,7 @@ _ASYNC_DRIVERS = {
     "sqlite+pysqlite": "sqlite+aiosqlite",
     "postgresql+psycopg2": "postgresql+psycopg",
 }
+_SSL_TO_SSLMODE = {"true": "require", "false": "disable"}
 #: driver name -> (module to import, extra that installs it)
 _DRIVER_PACKAGES = {
     "psycopg": ("psycopg", "psycopg"),
@@ -69,6 +71,8 @@ def _parse(uri: str | URL) -> URL:
 def normalize_url(uri: str | URL, *, asynchronous: bool = False) -> URL:
     """The SQLAlchemy URL the clients connect with (default drivers filled in)."""
     url = _parse(uri)
+    # Not get_driver_name(): it loads the dialect, which fails for unknown backends.
+    given_driver = url.drivername.partition("+")[2]
     mapping = _ASYNC_DRIVERS if asynchronous else _SYNC_DRIVERS
     url = url.set(drivername=mapping.get(url.drivername, url.drivername))
     backend = url.get_backend_name()
@@ -80,6 +84,14 @@ def normalize_url(uri: str | URL, *, asynchronous: bool = False) -> URL:
     if url.drivername == "postgresql+asyncpg" and "sslmode" in url.query:
         query = dict(url.query)
         query["ssl"] = query.pop("sslmode")
+        url = url.set(query=query)
+    elif (
+        given_driver == "asyncpg" and url.drivername != "postgresql+asyncpg" and "ssl" in url.query
+    ):
+        # asyncpg's ssl= takes libpq's sslmode names, or true / false.
+        query = dict(url.query)
+        mode = str(query.pop("ssl"))
+        query["sslmode"] = _SSL_TO_SSLMODE.get(mode.lower(), mode)
         url = url.set(query=query)
     return url
 
