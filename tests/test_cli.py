@@ -295,11 +295,12 @@ def test_without_rich_the_cli_works_in_plain_text_and_names_the_extra_on_a_termi
     assert writes(piped.stdout)["write"]["received"] == 300
     assert "rich" not in piped.stderr  # no hint where nobody reads it as a terminal
 
-    status, screen = on_terminal("status", cwd=tmp_path, python=python_without_rich)
+    status, screen = on_terminal("demo", "--count", "300", cwd=tmp_path, python=python_without_rich)
     assert status == 0, screen
     assert screen.startswith(
         "sa-signals: note: rich is not installed; install it with: pip install 'sa_signals[cli]'"
     )
+    assert re.search(r"^write: 300/300 signals in [\d.]+ s \([\d,]+ signals/s\)$", screen, re.M)
     assert "rows            300 (exact)" in screen and "┃" not in screen
 
 
