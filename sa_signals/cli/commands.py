@@ -72,8 +72,8 @@ def _read_only(url: URL, given: str) -> URL:
         return url
     if not Path(path).is_file():
         raise CommandError(
-            f"no SQLite database at {path}; create one with: sa-signals init --url {given} "
-            "(or run sa-signals demo)"
+            f"no SQLite database at {path}; create one with: "
+            f"sa-signals init --url {shlex.quote(given)} (or run sa-signals demo)"
         )
     # SQLite's URI filename: mode=ro opens without write access and never creates the file.
     return url.set(database="file:" + quote(os.path.abspath(path))).update_query_dict(
