@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from shlex import quote
 
 import pytest
 from sqlalchemy import create_engine, insert, inspect, text
@@ -187,7 +188,7 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> No
     missing = _one_line_error(
         cli("status", "--url", empty, cwd=tmp_path), "table 'signals' does not exist"
     )
-    assert missing.endswith(f"create it with: sa-signals init --url {empty}")
+    assert missing.endswith(f"create it with: sa-signals init --url {quote(empty)}")
     _one_line_error(cli("demo", "--count", "0", cwd=tmp_path), "--count must be at least 1")
 
     debug = cli("status", "--url", empty, "--debug", cwd=tmp_path)
@@ -419,7 +420,7 @@ def test_init_create_database_on_postgresql(new_database: URL, tmp_path: Path) -
     url = new_database.render_as_string(hide_password=False)
     shown = new_database.render_as_string(hide_password=True)
     missing = _one_line_error(cli("init", "--url", url, cwd=tmp_path), "does not exist")
-    assert missing.endswith(f"create it with: sa-signals init --create-database --url {url}")
+    assert missing.endswith(f"create it with: sa-signals init --create-database --url {quote(url)}")
 
     first = ok("init", "--create-database", "--url", url, cwd=tmp_path)
     assert first.splitlines()[0] == f"database {shown} created"
