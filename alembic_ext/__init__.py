@@ -24,6 +24,7 @@ except ImportError:
 
 from pathlib import Path
 
+from . import aggregates as _aggregates  # noqa: F401  (registers the aggregate operations)
 from . import implementations as _implementations  # noqa: F401  (registers implementations)
 from . import render as _render  # noqa: F401  (registers renderers)
 from .autogenerate import AUTOGENERATE_PLUGINS, PLUGIN_NAME, compare_timescale, diff_table

@@ -17,7 +17,26 @@ from .read.queries import ActiveSignal, SignalBucket, SignalMetrics, SignalRecor
 from .read.query_client import AsyncSignalsQueryClient, SignalsQueryClient
 from .read.query_repository import AsyncSignalQueryRepository, SignalQueryRepository
 from .result import WriteResult
+from .schema.aggregates import (
+    ContinuousAggregate,
+    Moments,
+    RefreshPolicy,
+    Rollup,
+    combine_moments,
+    get_continuous_aggregates,
+    get_rollups,
+    signals_rollup,
+)
 from .schema.ddl import ensure_timescale
+from .schema.functions import (
+    first,
+    interpolate,
+    last,
+    locf,
+    time_bucket,
+    time_bucket_gapfill,
+    use_timescale,
+)
 from .schema.model import (
     DEFAULT_NAMING,
     KEY_COLUMNS,
@@ -45,9 +64,13 @@ __all__ = [
     "AsyncSignalsStoreClient",
     "ClientStateError",
     "ConfigurationError",
+    "ContinuousAggregate",
     "InvalidQueryError",
     "InvalidSignalError",
     "MissingDependencyError",
+    "Moments",
+    "RefreshPolicy",
+    "Rollup",
     "Signal",
     "SignalBucket",
     "SignalMetrics",
@@ -66,10 +89,21 @@ __all__ = [
     "WriteMetrics",
     "WriteResult",
     "__version__",
+    "combine_moments",
     "ensure_timescale",
+    "first",
+    "get_continuous_aggregates",
+    "get_rollups",
     "get_timescale_options",
+    "interpolate",
+    "last",
+    "locf",
     "signals_metadata",
+    "signals_rollup",
     "signals_table",
     "storage_stats",
+    "time_bucket",
+    "time_bucket_gapfill",
+    "use_timescale",
     "write_metrics",
 ]

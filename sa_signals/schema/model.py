@@ -22,6 +22,7 @@ from sqlalchemy.sql.elements import conv
 
 from ..errors import ConfigurationError
 from ..types import JSONDocument, timestamptz
+from .aggregates import signals_rollup
 from .ddl import attach_ddl_hooks
 from .options import TIMESCALE_INFO_KEY, TimescaleOptions
 
@@ -105,6 +106,8 @@ def signals_table(
         if timescale.time_column not in c:
             raise ConfigurationError(f"time_column {timescale.time_column!r} is not a column")
         attach_ddl_hooks(table)
+        for width in timescale.rollups:
+            signals_rollup(table, width)
     return table
 
 
