@@ -18,7 +18,7 @@ create an aggregate declared with :class:`~sa_signals.schema.aggregates.Continuo
 
 The definition is SQL text in migrations (they must not change when the model does); the SQL is
 what :meth:`~sa_signals.schema.aggregates.ContinuousAggregate.definition_sql` renders.
-Like the other TimescaleDB operations they log and skip without TimescaleDB unless strict.
+Like the other TimescaleDB operations they warn and skip without TimescaleDB unless strict.
 """
 
 from __future__ import annotations
@@ -393,6 +393,8 @@ def add_continuous_aggregate_policy(
         _execute(
             operations,
             schema.add_continuous_aggregate_policy_sql(op.table_name, op.schema, op.policy),
+            op,
+            "add_continuous_aggregate_policy",
         )
 
 
@@ -403,7 +405,10 @@ def remove_continuous_aggregate_policy(
     """``remove_continuous_aggregate_policy(..., if_exists => true)``."""
     if _version(operations, op, "remove_continuous_aggregate_policy") is not None:
         _execute(
-            operations, schema.remove_continuous_aggregate_policy_sql(op.table_name, op.schema)
+            operations,
+            schema.remove_continuous_aggregate_policy_sql(op.table_name, op.schema),
+            op,
+            "remove_continuous_aggregate_policy",
         )
 
 
@@ -415,7 +420,9 @@ def alter_continuous_aggregate(operations: Operations, op: AlterContinuousAggreg
         return
     if op.compression is False:
         # TimescaleDB refuses to disable compression while compressed chunks exist.
-        _execute(operations, schema.decompress_sql(op.table_name, op.schema))
+        _execute(
+            operations, schema.decompress_sql(op.table_name, op.schema), op, "decompress_chunk"
+        )
     operations.execute(
         schema.AlterContinuousAggregate(
             op.table_name,

@@ -10,7 +10,6 @@ offline (``--sql``) and applied.
 from __future__ import annotations
 
 import io
-import logging
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -34,7 +33,7 @@ from alembic_ext.aggregates import (
     RemoveContinuousAggregatePolicyOp,
     create_ops,
 )
-from sa_signals import ConfigurationError, signals_table
+from sa_signals import ConfigurationError, TimescaleUnavailableWarning, signals_table
 from sa_signals.schema.aggregates import (
     ContinuousAggregate,
     RefreshPolicy,
@@ -309,18 +308,16 @@ def test_offline_sql_of_the_aggregate_revision_applies(
     assert _closes(host) == EXPECTED_CLOSES
 
 
-def test_operations_skip_without_timescaledb(
-    postgres_db: Database, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_operations_skip_without_timescaledb(postgres_db: Database) -> None:
     db = postgres_db
-    with caplog.at_level(logging.WARNING, logger="alembic_ext"), db.engine.begin() as conn:
+    with pytest.warns(TimescaleUnavailableWarning) as warned, db.engine.begin() as conn:
         op: Any = Operations(MigrationContext.configure(conn))
         op.create_continuous_aggregate("agg", "SELECT 1", schema=db.schema)
         op.add_continuous_aggregate_policy(
             "agg", start_offset=None, end_offset="1 hour", schedule_interval="1 hour",
             schema=db.schema,
         )  # fmt: skip
-    messages = [r.getMessage() for r in caplog.records if r.name == "alembic_ext"]
+    messages = [str(w.message) for w in warned]
     assert len(messages) == 2
     assert "skipped create_continuous_aggregate" in messages[0]
     assert db.sql("SELECT to_regclass(:r)", r=f'"{db.schema}".agg') == [(None,)]
