@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import Table, insert
 
 from sa_signals import ConfigurationError
-from sa_signals.cli import render_stats
+from sa_signals.cli.output import stats_json, stats_sections
 from sa_signals.status import StorageStats, storage_stats
 
 from .conftest import Database
@@ -169,8 +170,10 @@ def test_policy_times_the_catalog_holds_as_infinite_are_none(timescale_db: Datab
     assert (policy.job_id, policy.scheduled, policy.job_status) == (job, False, "Paused")
     assert policy.next_start is None
     assert policy.last_run_started_at is None and policy.last_successful_finish is None
-    # What `sa-signals status` prints from the same value.
-    assert "policy_compression" in render_stats(stats)
+    # What `sa-signals status` prints from the same value, as text and as JSON.
+    assert stats_sections(stats)
+    (printed,) = json.loads(stats_json(stats))["hypertable"]["policies"]
+    assert (printed["next_start"], printed["last_successful_finish"]) == (None, None)
 
 
 def test_background_compression_policy_run_shows_in_stats(native_timescale_db: Database) -> None:
