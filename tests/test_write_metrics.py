@@ -41,13 +41,16 @@ def test_copy_method_label(postgres_db: Database) -> None:
     assert _value(registry, "store_signals_write_latency_seconds_count", method="COPY") == 1
 
 
-def test_invalid_input_counts_as_failure(db: Database) -> None:
+def test_failure_counts_what_the_call_was_given(db: Database) -> None:
     registry = CollectorRegistry()
     items = signals(4)
-    items[3].value = None
-    with sync_client(db, registry=registry) as client, pytest.raises(InvalidSignalError):
-        client.write_signals(items, batch_size=2)
-    assert _value(registry, "store_signals_written_total", method="UPSERT", status="failure") == 2
+    items[1].value = None
+    with sync_client(db, registry=registry) as client:
+        with pytest.raises(InvalidSignalError):
+            client.write_signals(items, batch_size=2)  # a list: its length is known
+        with pytest.raises(InvalidSignalError):
+            client.write_signals(iter(items), batch_size=2)  # an iterator: what was read
+    assert _value(registry, "store_signals_written_total", method="UPSERT", status="failure") == 6
     assert _value(registry, "store_signals_written_total", method="UPSERT", status="success") == 0
 
 

@@ -86,8 +86,8 @@ def test_many_copy_batches_in_one_call_then_a_new_transaction(postgres_db: Datab
         assert client.last_result.methods == ("COPY",)
         assert client.last_result.inserted == 999
         second = signals(250, start=900, value=2.0)
-        assert client.write_signals(second, batch_size=100) == 250  # COPY, COPY, UPSERT
-        assert client.last_result.methods == ("COPY", "UPSERT")
+        assert client.write_signals(second, batch_size=100) == 250  # 3 batches, one merge
+        assert client.last_result.methods == ("COPY",)
         assert (client.last_result.inserted, client.last_result.updated) == (
             151,
             99,
@@ -164,9 +164,11 @@ def test_backend_killed_mid_write(postgres_db: Database) -> None:
             db, batch_threshold=100, registry=registry, connect_args={"application_name": app}
         )
         with client:
-            with pytest.raises(WriteError):
+            with pytest.raises(WriteError) as info:
                 client.write_signals(stream())
-            assert _sample(registry, "COPY", "failure") == 2000
+            assert info.value.connection_lost
+            # A generator has no length: the failure counts the signals it was read for.
+            assert 1500 < _sample(registry, "COPY", "failure") <= 3000
             assert stored(db) == before  # nothing partial
             assert client.write_signals(signals(1500)) == 1500  # a fresh connection
         client.close()
