@@ -1,10 +1,10 @@
 """Pure statement builders of the write path (no I/O).
 
-Every write takes its row locks in one global order, :data:`WRITE_ORDER`
-``(ts, provider, symbol, name)``, with text in code-point order (``COLLATE "C"``, which is also
+Every write takes its row locks in one global order, :data:`WRITE_ORDER`, the primary key's
+``(provider, symbol, ts, name)`` with text in code-point order (``COLLATE "C"``, which is also
 how Python compares strings): two calls that write overlapping keys then lock them in the same
-order and cannot deadlock. Timestamps first: streams arrive roughly in time order, an instant
-compares as one integer, and a hypertable's rows for one chunk stay together.
+order and cannot deadlock. Inserting in primary-key order also keeps the index inserts local
+(measured cheaper than the arrival order even with the sort).
 
 * :func:`upsert_statement`: the spec's diff-aware ``INSERT ... ON CONFLICT (primary key) DO
   UPDATE SET value, score, metadata = EXCLUDED.* WHERE any IS DISTINCT FROM EXCLUDED.*``. On
@@ -69,8 +69,8 @@ __all__ = [
     "upsert_statement",
 ]
 
-#: The order in which every write locks rows (see the module docstring).
-WRITE_ORDER: tuple[str, ...] = ("ts", "provider", "symbol", "name")
+#: The order in which every write locks rows: the primary key's (see the module docstring).
+WRITE_ORDER: tuple[str, ...] = KEY_COLUMNS
 #: Columns an upsert may change on conflict.
 PAYLOAD_COLUMNS: tuple[str, ...] = ("value", "score", "metadata")
 #: The staging table of the merge path, a temporary table: ``pg_temp.sa_signals_stage`` on
@@ -114,9 +114,7 @@ _ARRAY_TYPES: tuple[tuple[str, Any], ...] = (
 class MergeKind(Enum):
     """How much work the merge must do, from what the per-row loop saw (``RowStats``)."""
 
-    #: Keys arrived strictly increasing in write order: no sort, nothing to deduplicate.
-    ORDERED = "ordered"
-    #: Unique keys (counted in the client), any order: sort only.
+    #: Unique keys (counted in the client): sort only.
     SORTED = "sorted"
     #: Repeated keys, counted in the client: sort and keep the last occurrence.
     DEDUPLICATED = "deduplicated"
@@ -236,33 +234,43 @@ def merge_statement(table: Table, dialect: Dialect, kind: MergeKind) -> TextClau
     """Merge the staging table into ``table``; returns one row ``(distinct, inserted, changed)``.
 
     ``distinct`` is NULL unless ``kind`` is :attr:`MergeKind.COUNTED` (the caller knows it).
-    Rows reach the table in :data:`WRITE_ORDER`: :attr:`~MergeKind.ORDERED` rows were copied in
-    that order and are read back in it (a temporary table is only ever scanned sequentially,
-    in the order it was filled); the other kinds sort. Duplicates collapse to the row with the
-    highest ``ord`` (``DISTINCT ON``), so the ``ON CONFLICT`` never meets a key twice.
+    Rows reach the table sorted in :data:`WRITE_ORDER`. Duplicates collapse to the row with
+    the highest ``ord`` (``DISTINCT ON``), so the ``ON CONFLICT`` never meets a key twice.
+    Rows the table already holds unchanged are left out before the insert (``NOT EXISTS``):
+    a replay then locks no row and writes no WAL; the ``ON CONFLICT ... WHERE`` still decides
+    for rows another transaction changed in between.
     """
     quote = dialect.identifier_preparer.quote
     target = dialect.identifier_preparer.format_table(table)
     stage = _stage_reference(dialect)
     keys = ", ".join(quote(k) for k in KEY_COLUMNS)
     columns = ", ".join(quote(k) for k in (*KEY_COLUMNS, *PAYLOAD_COLUMNS))
-    plain = ", ".join(quote(k) for k in (*KEY_COLUMNS, "value", "score", "metadata"))
-    selected = ", ".join([quote(k) for k in (*KEY_COLUMNS, "value", "score")]) + (
-        ", CAST(metadata AS jsonb)"
+    cast_metadata = ", ".join(quote(k) for k in (*KEY_COLUMNS, "value", "score")) + (
+        ", CAST(metadata AS jsonb) AS metadata"
     )
+    selected = ", ".join(f"src.{quote(k)}" for k in (*KEY_COLUMNS, *PAYLOAD_COLUMNS))
     order = _write_order(quote)
     # Identifiers come from the table and are quoted by the dialect; no values are inlined.
     last = f"DISTINCT ON ({order})"
     by_key = f"ORDER BY {order}"
-    if kind is MergeKind.ORDERED:
-        source = f"SELECT {selected} FROM {stage}"  # noqa: S608
-    elif kind is MergeKind.SORTED:
-        source = f"SELECT {selected} FROM {stage} {by_key}"  # noqa: S608
+    if kind is MergeKind.SORTED:
+        origin = f"(SELECT {cast_metadata} FROM {stage}) AS src"  # noqa: S608
     elif kind is MergeKind.DEDUPLICATED:
-        source = f"SELECT {last} {selected} FROM {stage} {by_key}, ord DESC"  # noqa: S608
+        origin = f"(SELECT {last} {cast_metadata} FROM {stage} {by_key}, ord DESC) AS src"  # noqa: S608
     else:
-        # Read back in the order the CTE was materialised in (sorted): no second sort.
-        source = f"SELECT {selected} FROM src"  # noqa: S608
+        origin = "src"
+    unchanged = " AND ".join(
+        [f"held.{quote(k)} = src.{quote(k)}" for k in KEY_COLUMNS]
+        + [f"held.{quote(k)} IS NOT DISTINCT FROM src.{quote(k)}" for k in PAYLOAD_COLUMNS]
+    )
+    src_order = ", ".join(
+        f"src.{quote(k)}" if k == "ts" else f'src.{quote(k)} COLLATE "C"' for k in WRITE_ORDER
+    )
+    source = (
+        f"SELECT {selected} FROM {origin} "  # noqa: S608
+        f"WHERE NOT EXISTS (SELECT FROM {target} AS held WHERE {unchanged}) "
+        f"ORDER BY {src_order}"
+    )
     sets = ", ".join(f"{quote(k)} = excluded.{quote(k)}" for k in PAYLOAD_COLUMNS)
     changed = " OR ".join(
         f"target.{quote(k)} IS DISTINCT FROM excluded.{quote(k)}" for k in PAYLOAD_COLUMNS
@@ -273,7 +281,7 @@ def merge_statement(table: Table, dialect: Dialect, kind: MergeKind) -> TextClau
         f"RETURNING (target.xmax = 0) AS inserted)"
     )
     if kind is MergeKind.COUNTED:
-        src = f"SELECT {last} {plain} FROM {stage} {by_key}, ord DESC"  # noqa: S608
+        src = f"SELECT {last} {cast_metadata} FROM {stage} {by_key}, ord DESC"  # noqa: S608
         prefix = f"WITH src AS MATERIALIZED ({src}), {merged} SELECT (SELECT count(*) FROM src)"  # noqa: S608
     else:
         prefix = f"WITH {merged} SELECT CAST(NULL AS bigint)"

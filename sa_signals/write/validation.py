@@ -42,7 +42,7 @@ _MAPPING: Final = 1
 _MODEL: Final = 2
 # type -> how to read it; filled lazily so the per-row cost is one dict lookup.
 _KINDS: dict[type, int] = {}
-# Keys compare before any real one: (ts, ()) is below every (ts, (provider, symbol, name)).
+# Compares below any real key tuple.
 _NO_KEY: Final[tuple[str, ...]] = ()
 _BEFORE_ALL: Final = datetime.min.replace(tzinfo=_UTC)
 
@@ -50,9 +50,10 @@ _BEFORE_ALL: Final = datetime.min.replace(tzinfo=_UTC)
 class RowStats:
     """What :func:`validate_signals` saw of the rows it yielded, for the write path.
 
-    The write order of keys is ``(ts, provider, symbol, name)`` (instants, then code points:
-    PostgreSQL's ``COLLATE "C"``). Set when the rows are exhausted: ``ordered`` is true when
-    every key was strictly greater than the one before (sorted, no duplicates); ``duplicates``
+    The write order of keys is the primary key's, ``(provider, symbol, ts, name)`` (text in
+    code-point order: PostgreSQL's ``COLLATE "C"``). Set when the rows are exhausted:
+    ``ordered`` is true when every key was strictly greater than the one before (sorted, no
+    duplicates); ``duplicates``
     is the exact number of rows whose key repeats an earlier one when it could be counted in
     bounded memory (timestamps never went back and no instant held more than ``limit`` keys),
     else ``None``. Set however the iteration ends: ``count``, the signals read (the failing
@@ -287,7 +288,8 @@ def validate_signals(
     ordered = True
     duplicates = 0
     last_ts = _BEFORE_ALL
-    last_key = _NO_KEY
+    last_key: tuple[Any, ...] = _NO_KEY
+    first_key: tuple[str, ...] = _NO_KEY
     group: set[tuple[str, ...]] | None = None
     try:
         for obj in signals:
@@ -359,30 +361,31 @@ def validate_signals(
                 else:
                     metadata = _dump(index, metadata)
 
+            if ordered:
+                key = (provider, symbol, ts, name)
+                if key <= last_key:
+                    ordered = False
+                last_key = key
             if tracking:
                 if ts == last_ts:
-                    key = (provider, symbol, name)
+                    group_key = (provider, symbol, name)
                     if group is None:
-                        group = {last_key}
-                    if key in group:
+                        group = {first_key}
+                    if group_key in group:
                         duplicates += 1
-                        ordered = False
                     else:
-                        if ordered and key < last_key:
-                            ordered = False
-                        group.add(key)
+                        group.add(group_key)
                         if len(group) > limit:
                             tracking = False
-                    last_key = key
                 elif ts > last_ts:
                     last_ts = ts
-                    last_key = (provider, symbol, name)
+                    first_key = (provider, symbol, name)
                     group = None
                 else:
                     tracking = False
             yield (index, provider, symbol, ts, name, value, score, metadata)
         if stats is not None:
-            stats.ordered = tracking and ordered
+            stats.ordered = ordered
             stats.duplicates = duplicates if tracking else None
     except BaseException as exc:
         if stats is not None:

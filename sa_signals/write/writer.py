@@ -74,8 +74,8 @@ DECOMPRESSION_SETTING = "timescaledb.max_tuples_decompressed_per_dml_transaction
 DEFAULT_MAX_TUPLES_DECOMPRESSED = 0
 # Rows per key-existence query on SQLite (4 parameters each, far below SQLite's limit).
 _SQLITE_LOOKUP_CHUNK = 200
-# Key of a row in write order (ts, provider, symbol, name).
-_write_key = itemgetter(3, 1, 2, 4)
+# Key of a row in write order (the primary key's).
+_write_key = itemgetter(1, 2, 3, 4)
 _PARAM_NAMES = ("provider", "symbol", "ts", "name", "value", "score", "metadata")
 # connection.info key: whether this database session has the decompression setting.
 _HAS_SETTING = "sa_signals.decompression_setting"
@@ -280,9 +280,7 @@ class Writer:
             staged += len(batch)
             batch = list(islice(rest, batch_size))
         received = stats.count
-        if stats.ordered:
-            kind, distinct = MergeKind.ORDERED, received
-        elif stats.duplicates == 0:
+        if stats.ordered or stats.duplicates == 0:
             kind, distinct = MergeKind.SORTED, received
         elif stats.duplicates is not None:
             kind, distinct = MergeKind.DEDUPLICATED, received - stats.duplicates
