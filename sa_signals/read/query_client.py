@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
-from ..engine import async_engine, sync_engine
+from ..engine import async_engine, is_async_engine, sync_engine
 from ..errors import ClientStateError, ConfigurationError
 from ..schema.model import resolve_table
 from ..status import StorageStats, storage_stats
@@ -367,10 +367,8 @@ class AsyncSignalsQueryClient:
         table: Any = None,
         **engine_kwargs: Any,
     ) -> None:
-        from sqlalchemy.ext.asyncio import AsyncEngine
-
         self.table = resolve_table(table)
-        self._owns_engine = not isinstance(uri, AsyncEngine)
+        self._owns_engine = not is_async_engine(uri)
         if not self._owns_engine and engine_kwargs:
             raise ConfigurationError("engine options cannot be applied to an existing AsyncEngine")
         self.engine: AsyncEngine = async_engine(uri, **_engine_options(engine_kwargs))
