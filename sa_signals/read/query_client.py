@@ -25,6 +25,7 @@ from sqlalchemy.sql import Executable
 
 from ..engine import async_engine, is_async_engine, sync_engine
 from ..errors import ClientStateError, ConfigurationError
+from ..schema.model import resolve_table
 from ..status import StorageStats, storage_stats
 from .queries import (
     ActiveSignal,
@@ -42,7 +43,6 @@ from .query_repository import (
     AsyncSignalQueryRepository,
     SignalQueryMethods,
     SignalQueryRepository,
-    _default_table,
 )
 
 if TYPE_CHECKING:
@@ -251,10 +251,8 @@ class SignalsQueryClient:
     ``poolclass=NullPool``). ``table`` defaults to ``Signal.__table__``.
     """
 
-    def __init__(
-        self, uri: str | URL | Engine, *, table: Table | None = None, **engine_kwargs: Any
-    ) -> None:
-        self.table = table if table is not None else _default_table()
+    def __init__(self, uri: str | URL | Engine, *, table: Any = None, **engine_kwargs: Any) -> None:
+        self.table = resolve_table(table)
         self._owns_engine = not isinstance(uri, Engine)
         if not self._owns_engine and engine_kwargs:
             raise ConfigurationError("engine options cannot be applied to an existing Engine")
@@ -366,10 +364,10 @@ class AsyncSignalsQueryClient:
         self,
         uri: str | URL | AsyncEngine,
         *,
-        table: Table | None = None,
+        table: Any = None,
         **engine_kwargs: Any,
     ) -> None:
-        self.table = table if table is not None else _default_table()
+        self.table = resolve_table(table)
         self._owns_engine = not is_async_engine(uri)
         if not self._owns_engine and engine_kwargs:
             raise ConfigurationError("engine options cannot be applied to an existing AsyncEngine")
