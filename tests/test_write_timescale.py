@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from sa_signals import SignalsStoreClient, WriteError, WriteResult
+from sa_signals import SignalsStoreClient, WriteResult
 
 from .conftest import Database
 from .test_write_helpers import (
@@ -170,12 +170,6 @@ def test_replay_of_200k_signals_into_compressed_chunks(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=WriteError,
-    strict=True,
-    reason="issue 14 point 3: the write path does not yet lift TimescaleDB's decompression cap "
-    "(timescaledb.max_tuples_decompressed_per_dml_transaction); remove this mark with the fix",
-)
 @pytest.mark.parametrize("path", ["copy", "small_batch"])
 def test_replay_into_a_compressed_chunk_of_many_series(
     native_timescale_db: Database, path: str
