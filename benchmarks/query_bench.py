@@ -2,20 +2,24 @@
 client and hand-written psycopg SQL (the baseline), with p50/p95 latencies and ratios.
 
     .venv/bin/python benchmarks/query_bench.py [--url postgresql://postgres@127.0.0.1:5432/bench_query]
-                                               [--rows 2000000] [--iterations 300] [--rounds 3]
-                                               [--reload]
+                                               [--rows 2000000] [--iterations 300] [--rounds 5]
+                                               [--reload] [--only latest metrics] [--json out.json]
 
 The database is created when missing; the table is loaded once with binary COPY (4 providers x
 100 symbols x 10 names, timestamps spread over the last 7 days, newest at load time) and kept
-for later runs (``--reload`` rebuilds it). Each round measures every query ``--iterations`` times
-per contender on the same argument sequence; the report gives the median over rounds of each
-percentile. The plan of every client query is checked for sequential scans first.
+for later runs (``--reload`` rebuilds it). The contenders are interleaved call by call (the order
+rotates with every argument), so a noisy neighbour on a shared machine slows all three alike.
+Each round measures every query ``--iterations`` times per contender on the same argument
+sequence; a ratio is client / baseline within one round, and the report gives the median over
+rounds of each percentile and of each ratio. The plan of every client query is checked for
+sequential scans first.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import statistics
 import sys
@@ -266,27 +270,44 @@ def sample(name: str, args: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return args[: max(20, len(args) // 10)] if name == "summary" else args
 
 
-def time_sync(call: Callable[[tuple[Any, ...]], Any], args: list[tuple[Any, ...]]) -> list[float]:
+def timed(call: Callable[[tuple[Any, ...]], Any], a: tuple[Any, ...]) -> float:
+    t0 = time.perf_counter()
+    call(a)
+    return (time.perf_counter() - t0) * 1000
+
+
+async def timed_async(
+    call: Callable[[tuple[Any, ...]], Awaitable[Any]], a: tuple[Any, ...]
+) -> float:
+    # Timed inside the coroutine: the event loop's own start-up per call is not the client's.
+    t0 = time.perf_counter()
+    await call(a)
+    return (time.perf_counter() - t0) * 1000
+
+
+CONTENDERS = ("baseline", "sync", "async")
+
+
+def interleaved(
+    loop: asyncio.AbstractEventLoop,
+    calls: dict[str, Callable[[tuple[Any, ...]], Any]],
+    args: list[tuple[Any, ...]],
+) -> dict[str, list[float]]:
+    """Every argument runs on every contender back to back, the order rotating per argument."""
+
+    def one(who: str, a: tuple[Any, ...]) -> float:
+        if who == "async":
+            return loop.run_until_complete(timed_async(calls[who], a))
+        return timed(calls[who], a)
+
     for a in args[:10]:  # warm-up: pool, statement caches, server-side prepares
-        call(a)
-    samples = []
-    for a in args:
-        t0 = time.perf_counter()
-        call(a)
-        samples.append((time.perf_counter() - t0) * 1000)
-    return samples
-
-
-async def time_async(
-    call: Callable[[tuple[Any, ...]], Awaitable[Any]], args: list[tuple[Any, ...]]
-) -> list[float]:
-    for a in args[:10]:
-        await call(a)
-    samples = []
-    for a in args:
-        t0 = time.perf_counter()
-        await call(a)
-        samples.append((time.perf_counter() - t0) * 1000)
+        for who in CONTENDERS:
+            one(who, a)
+    samples: dict[str, list[float]] = {who: [] for who in CONTENDERS}
+    for i, a in enumerate(args):
+        for k in range(len(CONTENDERS)):
+            who = CONTENDERS[(i + k) % len(CONTENDERS)]
+            samples[who].append(one(who, a))
     return samples
 
 
@@ -335,9 +356,10 @@ def main() -> int:
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/bench_query")
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reload", action="store_true")
     parser.add_argument("--only", nargs="*", help="query names to run")
+    parser.add_argument("--json", help="also write the medians and ratios to this file")
     args = parser.parse_args()
 
     ensure_database(args.url)
@@ -357,8 +379,6 @@ def main() -> int:
 
     loop = asyncio.new_event_loop()
     for _ in range(args.rounds):
-        # The three contenders run back to back for each query, so all see the same data (the
-        # active window moves with the clock).
         conn = psycopg.connect(args.url, autocommit=True, row_factory=dict_row)
         client = SignalsQueryClient(args.url, table=table)
         aclient = AsyncSignalsQueryClient(args.url, table=table)
@@ -370,20 +390,21 @@ def main() -> int:
                 async_calls(aclient, work),
             )
             for n in names:
-                calls = sample(n, work.args)
-                record(n, "baseline", time_sync(base[n], calls))
-                record(n, "sync", time_sync(sync[n], calls))
-                record(n, "async", loop.run_until_complete(time_async(asyn[n], calls)))
+                calls = {"baseline": base[n], "sync": sync[n], "async": asyn[n]}
+                for who, samples in interleaved(loop, calls, sample(n, work.args)).items():
+                    record(n, who, samples)
             loop.run_until_complete(aclient.__aexit__(None, None, None))
     loop.close()
 
     print(
-        f"\n{args.rows:,} rows, {args.iterations} calls x {args.rounds} rounds; "
-        "median over rounds of p50 / p95 in ms; ratio = client / baseline"
+        f"\n{args.rows:,} rows, {args.iterations} calls x {args.rounds} rounds, contenders "
+        "interleaved; median over rounds of p50 / p95 in ms; ratio = client / baseline "
+        "(per round, then the median)"
     )
     columns = ("baseline", "sync", "ratio", "async", "ratio")
     print(f"{'query':13s} " + " ".join(f"{c:>{11 if c == 'ratio' else 15}s}" for c in columns))
     ok = plans_ok
+    report: dict[str, Any] = {}
     for n in names:
         med = {
             k: (
@@ -394,9 +415,14 @@ def main() -> int:
         }
         b = med["baseline"]
         cells = [f"{n:13s}", f"{b[0]:6.2f} / {b[1]:6.2f}"]
+        report[n] = {"baseline": b}
         for k in ("sync", "async"):
-            r50, r95 = med[k][0] / b[0], med[k][1] / b[1]
+            pairs = list(zip(results[n][k], results[n]["baseline"], strict=True))
+            r50 = statistics.median(c[0] / bl[0] for c, bl in pairs)
+            r95 = statistics.median(c[1] / bl[1] for c, bl in pairs)
             cells += [f"{med[k][0]:6.2f} / {med[k][1]:6.2f}", f"{r50:4.2f}/{r95:4.2f}"]
+            report[n][k] = med[k]
+            report[n][k + "_ratio"] = (r50, r95)
             ok &= r50 <= TARGET_RATIO
             if n in TARGET_P95_MS:
                 ok &= med[k][1] <= TARGET_P95_MS[n]
@@ -405,6 +431,9 @@ def main() -> int:
         f"\ntargets: latest/metrics/active p95 <= 5 ms; p50 ratio <= {TARGET_RATIO}; "
         f"no Seq Scan (summary exempt): {'MET' if ok else 'NOT MET'}"
     )
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=1)
     return 0 if ok else 1
 
 

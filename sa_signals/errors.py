@@ -8,6 +8,7 @@ __all__ = [
     "InvalidQueryError",
     "InvalidSignalError",
     "MissingDependencyError",
+    "QueryError",
     "SignalsError",
     "TimescaleUnavailableError",
     "WriteError",
@@ -60,3 +61,7 @@ class ClientStateError(SignalsError, RuntimeError):
 
 class WriteError(SignalsError):
     """A write failed in the database; the transaction was rolled back and nothing was kept."""
+
+
+class QueryError(SignalsError):
+    """A query failed in the database or could not run; the driver's error is the __cause__."""
