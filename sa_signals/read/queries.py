@@ -682,9 +682,10 @@ def _buckets_statement(table: Table, function: BucketFunction) -> Executable:
         source = b
         last = func.array_agg(aggregate_order_by(b.value, b.ts.desc()))[1]
         # A bucket of a timestamp in the first moments of year 1 may start before it, which
-        # no driver can return: it is labelled with the first representable instant.
-        first = bindparam("first_instant", _FIRST_INSTANT, type_=DateTime(timezone=True))
-        start = func.greatest(source.bucket, first)
+        # no driver can return: it is labelled with the first representable instant. Sent as
+        # text: asyncpg would send that datetime as -infinity.
+        first = bindparam("first_instant", _FIRST_INSTANT.isoformat(), type_=Text())
+        start = func.greatest(source.bucket, cast(first, DateTime(timezone=True)))
     small, large = _magnitude_groups(source.value)
     return (
         select(
