@@ -114,6 +114,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _EARLIEST = datetime(1, 1, 2, tzinfo=timezone.utc)
 _FIRST_INSTANT = datetime(1, 1, 1, tzinfo=timezone.utc)
 _DEFAULT_WINDOW = timedelta(hours=24)
+_MICROSECOND = timedelta(microseconds=1)
+_ORIGIN_US = (BUCKET_ORIGIN - _EPOCH) // _MICROSECOND
 _ROW_KEYS = ("provider", "symbol", "ts", "name", "value", "score", "metadata", "created_at")
 _ACTIVE_KEYS = ("symbol", "name", "value", "score", "ts", "metadata")
 
@@ -176,12 +178,13 @@ class SignalBucket(TypedDict):
     last_value: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class QueryPlan(Generic[T]):
     """A statement ready to run, its parameters and how to turn its rows into the result.
 
     ``statement`` is ``None`` when the answer is known without asking the database (an empty
-    ``signal_names`` list); ``finish([])`` is then the result.
+    ``signal_names`` list); ``finish([])`` is then the result. (Made on every call: a plain
+    slotted class, a third of the cost of a frozen dataclass.)
     """
 
     statement: Executable | None
@@ -465,6 +468,11 @@ def _buckets(integer_start: bool) -> Callable[[Sequence[Any]], list[SignalBucket
         return out
 
     return finish
+
+
+# Made once: a plan takes one of these as is.
+_METRICS = {True: _metrics(sqlite=False), False: _metrics(sqlite=True)}
+_BUCKETS = {True: _buckets(integer_start=True), False: _buckets(integer_start=False)}
 
 
 # --------------------------------------------------------------------------- statements
@@ -774,7 +782,7 @@ def plan_metrics(
         "since": _since(_hours("hours_back", hours_back)),
     }
     postgresql = _is_postgresql(dialect)
-    return QueryPlan(_metrics_statement(table, postgresql), params, _metrics(sqlite=not postgresql))
+    return QueryPlan(_metrics_statement(table, postgresql), params, _METRICS[postgresql])
 
 
 def plan_active(
@@ -829,16 +837,16 @@ def plan_buckets(
     are aligned on :data:`BUCKET_ORIGIN` and ordered oldest first.
     """
     width = _bucket_width(bucket)
-    given = [
-        name
-        for name, value in (
-            ("start_ts", start_ts),
-            ("hours_back", hours_back),
-            ("minutes_back", minutes_back),
-        )
-        if value is not None
-    ]
-    if len(given) > 1:
+    if (start_ts is not None) + (hours_back is not None) + (minutes_back is not None) > 1:
+        given = [
+            name
+            for name, value in (
+                ("start_ts", start_ts),
+                ("hours_back", hours_back),
+                ("minutes_back", minutes_back),
+            )
+            if value is not None
+        ]
         raise InvalidQueryError(
             f"give at most one of start_ts, hours_back, minutes_back; got {', '.join(given)}"
         )
@@ -858,15 +866,12 @@ def plan_buckets(
         "start_ts": start,
         "end_ts": end,
     }
-    width_us = width // timedelta(microseconds=1)
     if function == "sqlite":
-        params["width_us"] = width_us
-        params["origin_us"] = (BUCKET_ORIGIN - _EPOCH) // timedelta(microseconds=1)
+        params["width_us"] = width // _MICROSECOND
+        params["origin_us"] = _ORIGIN_US
     else:
         params["bucket"] = width
         params["origin"] = BUCKET_ORIGIN
         if function == "epoch":
-            params["width_us"] = width_us
-    return QueryPlan(
-        _buckets_statement(table, function), params, _buckets(integer_start=function == "sqlite")
-    )
+            params["width_us"] = width // _MICROSECOND
+    return QueryPlan(_buckets_statement(table, function), params, _BUCKETS[function == "sqlite"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import Dialect
@@ -72,31 +72,30 @@ def _known_bucket_function(engine: Engine) -> BucketFunction | None:
     return None if has_timescale is None else bucket_function_for(engine.dialect, has_timescale)
 
 
-class _BucketArguments(NamedTuple):
-    """The arguments of ``get_signal_buckets``, planned once the bucketing function is known."""
-
-    provider: str
-    symbol: str
-    signal_name: str
-    bucket: timedelta
-    start_ts: datetime | None
-    end_ts: datetime | None
-    hours_back: float | None
-    minutes_back: float | None
-
-    def plan(self, table: Table, function: BucketFunction) -> QueryPlan[list[SignalBucket]]:
-        return plan_buckets(
-            table,
-            function,
-            self.provider,
-            self.symbol,
-            self.signal_name,
-            self.bucket,
-            self.start_ts,
-            self.end_ts,
-            hours_back=self.hours_back,
-            minutes_back=self.minutes_back,
-        )
+def _bucket_plan(
+    table: Table,
+    function: BucketFunction,
+    provider: str,
+    symbol: str,
+    signal_name: str,
+    bucket: timedelta,
+    start_ts: datetime | None,
+    end_ts: datetime | None,
+    hours_back: float | None,
+    minutes_back: float | None,
+) -> QueryPlan[list[SignalBucket]]:
+    return plan_buckets(
+        table,
+        function,
+        provider,
+        symbol,
+        signal_name,
+        bucket,
+        start_ts,
+        end_ts,
+        hours_back=hours_back,
+        minutes_back=minutes_back,
+    )
 
 
 def _default_table() -> Table:
@@ -220,14 +219,21 @@ class SignalQueryMethods:
         ``minutes_back`` minutes before it, or at ``start_ts`` (at most one of the three; by
         default 24 hours).
         """
-        arguments = _BucketArguments(
-            provider, symbol, signal_name, bucket, start_ts, end_ts, hours_back, minutes_back
+        arguments = (
+            provider,
+            symbol,
+            signal_name,
+            bucket,
+            start_ts,
+            end_ts,
+            hours_back,
+            minutes_back,
         )
         function = self._known_bucket_function()
         if function is None:
-            arguments.plan(self.table, "date_bin")  # arguments are checked before any SQL
+            _bucket_plan(self.table, "date_bin", *arguments)  # arguments checked before any SQL
             function = self._bucket_function()
-        return self._run_plan(arguments.plan(self.table, function))
+        return self._run_plan(_bucket_plan(self.table, function, *arguments))
 
 
 class AsyncSignalQueryMethods:
@@ -350,14 +356,21 @@ class AsyncSignalQueryMethods:
         end_ts: datetime | None = None,
     ) -> list[SignalBucket]:
         """Async :meth:`SignalQueryMethods.get_signal_buckets`."""
-        arguments = _BucketArguments(
-            provider, symbol, signal_name, bucket, start_ts, end_ts, hours_back, minutes_back
+        arguments = (
+            provider,
+            symbol,
+            signal_name,
+            bucket,
+            start_ts,
+            end_ts,
+            hours_back,
+            minutes_back,
         )
         function = self._known_bucket_function()
         if function is None:
-            arguments.plan(self.table, "date_bin")  # arguments are checked before any SQL
+            _bucket_plan(self.table, "date_bin", *arguments)  # arguments checked before any SQL
             function = await self._bucket_function()
-        return await self._run_plan(arguments.plan(self.table, function))
+        return await self._run_plan(_bucket_plan(self.table, function, *arguments))
 
 
 class SignalQueryRepository(SignalQueryMethods):
