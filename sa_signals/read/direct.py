@@ -150,7 +150,7 @@ class DirectRunner:
         entry.results = processors if any(p is not None for p in processors) else None
         entry.checked = True
 
-    def rows(self, plan: QueryPlan[Any]) -> list[Any] | None:
+    def rows(self, plan: QueryPlan[Any]) -> Sequence[Any] | None:
         """The plan's rows, run directly; ``None`` when the ordinary path must run it."""
         statement = plan.statement
         if statement is None or not self._plain():
@@ -192,4 +192,4 @@ class DirectRunner:
                 )
                 for row in rows
             ]
-        return list(rows)
+        return rows

@@ -109,10 +109,13 @@ class _AsyncClientQueries(AsyncSignalQueryMethods):
     """The async repository's query methods, each call on its own pooled connection."""
 
     def __init__(self, engine: AsyncEngine, table: Table) -> None:
+        from sqlalchemy.util import greenlet_spawn
+
         self.engine = engine
         self.table = table
         self._direct = DirectRunner(engine.sync_engine)
         self._function: BucketFunction | None = None
+        self._spawn = greenlet_spawn
 
     def _query_dialect(self) -> Dialect:
         return self.engine.dialect
@@ -121,8 +124,6 @@ class _AsyncClientQueries(AsyncSignalQueryMethods):
         return self.engine.sync_engine
 
     async def _run_plan(self, plan: QueryPlan[T]) -> T:
-        from sqlalchemy.util import greenlet_spawn
-
         statement = plan.statement
         if statement is None:
             return plan.finish([])
@@ -130,7 +131,7 @@ class _AsyncClientQueries(AsyncSignalQueryMethods):
             rows: Sequence[Any] | None = None
             if self._direct.enabled:
                 # One greenlet switch for checkout, execute, fetch and checkin together.
-                rows = await greenlet_spawn(self._direct.rows, plan)
+                rows = await self._spawn(self._direct.rows, plan)
             if rows is None:
                 async with self.engine.connect() as connection:
                     result = await connection.execute(statement, plan.parameters)
