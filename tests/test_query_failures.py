@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 from sqlalchemy import Engine, MetaData, Table, create_engine, text
@@ -138,14 +139,13 @@ def _assert_query_error(error: QueryError, cause_types: tuple[type[BaseException
     cause = error.__cause__
     assert isinstance(cause, cause_types), repr(cause)
     if not isinstance(cause, PoolTimeoutError):
-        # The driver's own error, not SQLAlchemy's wrapper of it.
+        # The driver's own error, neither SQLAlchemy's wrapper nor its asyncio translation.
         assert not isinstance(cause, SQLAlchemyError), repr(cause)
+        assert not type(cause).__module__.startswith("sqlalchemy"), repr(cause)
 
 
 def _driver_errors() -> tuple[type[BaseException], ...]:
-    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
-
-    return (psycopg.Error, sqlite3.Error, AsyncAdapt_asyncpg_dbapi.Error, OSError)
+    return (psycopg.Error, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 # ---------------------------------------------------------------- unreachable server

@@ -14,9 +14,13 @@ cursor's rows. Only documented SQLAlchemy interfaces are used:
 - the path is taken only while the engine has no listener for an event ``Connection.execute``
   fires (``Engine.dispatch``, ``Dialect.dispatch``), does not log SQL (``Engine.logger``), and
   has no execution option other than its isolation level;
-- a driver error on a connection the dialect reports as lost (``Dialect.is_disconnect``)
-  invalidates that connection, as the ordinary path does; any other failure is raised as is
-  (the clients turn it into :class:`~sa_signals.errors.QueryError`).
+- on psycopg the SQL runs on a DBAPI cursor of ``PoolProxiedConnection``; on asyncpg it runs
+  with asyncpg's own ``fetch`` through ``AdaptedConnection.run_async`` (the documented way to
+  reach the asyncio driver from SQLAlchemy's synchronous side), with the JSON codecs
+  SQLAlchemy installed on the connection;
+- a connection found lost (``Dialect.is_disconnect`` on psycopg; ``is_closed()`` or a
+  non-server error on asyncpg) or interrupted is invalidated, as the ordinary path does; the
+  failure is raised as is (the clients turn it into :class:`~sa_signals.errors.QueryError`).
 
 Statements with expanding or literal-execute parameters take the ordinary path.
 """
@@ -97,6 +101,7 @@ class DirectRunner:
         #: Whether the driver is one the direct path supports; otherwise :meth:`rows` is
         #: never called by the clients.
         self.enabled = engine.dialect.driver in ("psycopg", "asyncpg")
+        self._asyncpg = engine.dialect.driver == "asyncpg"
         # statement -> its compiled form, or None: the statement takes the ordinary path.
         self._compiled: dict[Executable, _Compiled | None] = {}
 
@@ -151,7 +156,11 @@ class DirectRunner:
         entry.checked = True
 
     def rows(self, plan: QueryPlan[Any]) -> Sequence[Any] | None:
-        """The plan's rows, run directly; ``None`` when the ordinary path must run it."""
+        """The plan's rows, run directly; ``None`` when the ordinary path must run it.
+
+        On asyncpg this must run inside SQLAlchemy's greenlet (``greenlet_spawn``), as every
+        use of an async engine's pool does.
+        """
         statement = plan.statement
         if statement is None or not self._plain():
             return None
@@ -159,27 +168,18 @@ class DirectRunner:
         if entry is None:
             return None
         parameters = entry.parameters(plan.parameters)
-        dialect = self.engine.dialect
-        error = dialect.loaded_dbapi.Error
         raw = self.engine.raw_connection()
         try:
-            cursor = raw.cursor()
-            try:
-                cursor.execute(entry.sql, parameters)
-                if not entry.checked:
-                    self._result_processors(entry, cursor.description)
-                rows = cursor.fetchall()
-            finally:
-                cursor.close()
-        except error as exc:
-            # Never a second run of the query; a connection the driver reports as lost is
-            # not returned to the pool.
-            if dialect.is_disconnect(exc, raw.dbapi_connection, None):
+            rows = self._fetch(raw, entry, parameters)
+        except Exception as exc:
+            # Never a second run of the query; a connection found lost (or in an unknown
+            # state) is not returned to the pool.
+            if self._lost(raw, exc):
                 raw.invalidate(exc)
             raise
-        except BaseException as exc:
+        except BaseException:
             # Interrupted mid-call: the connection's state is unknown.
-            raw.invalidate(exc if isinstance(exc, Exception) else None)
+            raw.invalidate()
             raise
         finally:
             raw.close()
@@ -193,3 +193,41 @@ class DirectRunner:
                 for row in rows
             ]
         return rows
+
+    def _fetch(self, raw: Any, entry: _Compiled, parameters: Any) -> Sequence[Any]:
+        if self._asyncpg:
+            # asyncpg's own fetch, through the documented AdaptedConnection.run_async: no
+            # DBAPI cursor emulation (lock, description, row buffer) per call.
+            adapted = raw.dbapi_connection
+            sql = entry.sql
+            if not entry.checked:
+                prepared = adapted.run_async(lambda driver: driver.prepare(sql))
+                types = [(a.name, a.type.oid) for a in prepared.get_attributes()]
+                self._result_processors(entry, types)
+                rows: Sequence[Any] = adapted.run_async(lambda driver: prepared.fetch(*parameters))
+                return rows
+            rows = adapted.run_async(lambda driver: driver.fetch(sql, *parameters))
+            return rows
+        cursor = raw.cursor()
+        try:
+            cursor.execute(entry.sql, parameters)
+            if not entry.checked:
+                self._result_processors(entry, cursor.description)
+            rows = cursor.fetchall()
+            return rows
+        finally:
+            cursor.close()
+
+    def _lost(self, raw: Any, exc: Exception) -> bool:
+        """Whether the connection cannot be used again after ``exc``."""
+        if self._asyncpg:
+            import asyncpg
+
+            # A server-side error leaves the connection usable unless the server closed it.
+            closed: bool = raw.driver_connection.is_closed()
+            return closed or not isinstance(exc, asyncpg.PostgresError)
+        dialect = self.engine.dialect
+        if isinstance(exc, dialect.loaded_dbapi.Error):
+            lost: bool = dialect.is_disconnect(exc, raw.dbapi_connection, None)
+            return lost
+        return True

@@ -3,8 +3,7 @@
 A query can fail in many layers: the driver (``psycopg.errors.UndefinedTable``, asyncpg's
 ``ConnectionRefusedError``, ``sqlite3.OperationalError``), SQLAlchemy (its ``DBAPIError``
 wrappers, the pool's ``TimeoutError``) or the network. Callers of the query API catch one
-class; the driver's own exception (``DBAPIError.orig`` when SQLAlchemy wrapped it, otherwise
-the exception itself) is kept as ``__cause__``.
+class; the driver's own exception (see :func:`driver_error`) is kept as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -18,9 +17,16 @@ __all__ = ["driver_error", "query_error"]
 
 
 def driver_error(exc: BaseException) -> BaseException:
-    """The driver's exception behind ``exc`` (SQLAlchemy keeps it as ``DBAPIError.orig``)."""
+    """The driver's exception behind ``exc``.
+
+    SQLAlchemy keeps it as ``DBAPIError.orig``; for an asyncio driver that is SQLAlchemy's
+    DBAPI-style translation, raised from the driver's own exception, which is returned.
+    """
     if isinstance(exc, DBAPIError) and isinstance(exc.orig, BaseException):
-        return exc.orig
+        exc = exc.orig
+    cause = exc.__cause__
+    if type(exc).__module__.startswith("sqlalchemy.") and isinstance(cause, BaseException):
+        return cause
     return exc
 
 
