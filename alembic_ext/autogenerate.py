@@ -1,20 +1,23 @@
-"""Autogenerate comparator: model TimescaleDB settings versus the database catalog.
+"""Autogenerate entry point: one comparator in Alembic's global registry, extensible by name.
 
-The desired settings are the :class:`~sa_signals.TimescaleOptions` in each model table's
-``info`` (:func:`~sa_signals.get_timescale_options`); the actual ones come from TimescaleDB's
-information views through :func:`~sa_signals.schema.ddl.postgresql.read_timescale_state`.
-Both sides are normalised (intervals as ``timedelta``, column lists as tuples, order-by items
-parsed) so that a second autogenerate after upgrading yields nothing.
+``import alembic_ext`` registers :func:`compare_model` in Alembic's global ``comparators``
+dispatcher for the ``schema`` target, which every Alembic release from 1.13 on runs by default
+(since 1.18 with priority ``LAST``, after Alembic's own table comparison; before 1.18 global
+comparators run in registration order, after Alembic's own). It runs once per autogenerate and
+calls the comparators registered with :func:`register_comparator` in order: the schema and
+TimescaleDB comparators of :mod:`alembic_ext.compare`, and any other alembic_ext module's.
 
-On Alembic 1.18+ the comparator is the plugin :data:`PLUGIN_NAME`; name it in
-``context.configure(autogenerate_plugins=[...])`` (see :data:`AUTOGENERATE_PLUGINS`). Older
-Alembic has no plugin API, so there it joins the global comparator registry on import.
+On Alembic 1.18+ the plugin :data:`PLUGIN_NAME` also exists, so an ``env.py`` that lists
+:data:`AUTOGENERATE_PLUGINS` keeps working; the plugin adds no comparator of its own, so the
+comparison never runs twice.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from alembic.operations import MigrateOperation
@@ -22,137 +25,110 @@ from alembic.operations.ops import CreateTableOp
 from sqlalchemy import Table, inspect
 
 from sa_signals.schema.ddl import postgresql as ddl
-from sa_signals.schema.options import TimescaleOptions, get_timescale_options
-
-from .ops import (
-    AddCompressionPolicyOp,
-    AddRetentionPolicyOp,
-    CreateHypertableOp,
-    DisableCompressionOp,
-    EnableCompressionOp,
-    RemoveCompressionPolicyOp,
-    RemoveRetentionPolicyOp,
-    SetChunkTimeIntervalOp,
-)
 
 if TYPE_CHECKING:
     from alembic.autogenerate.api import AutogenContext
     from alembic.operations.ops import UpgradeOps
     from sqlalchemy import Connection
+    from sqlalchemy.engine.reflection import Inspector
 
-__all__ = ["AUTOGENERATE_PLUGINS", "PLUGIN_NAME", "compare_timescale", "diff_table", "setup"]
+__all__ = [
+    "AUTOGENERATE_PLUGINS",
+    "PLUGIN_NAME",
+    "Comparator",
+    "CompareContext",
+    "compare_model",
+    "register",
+    "register_comparator",
+    "setup",
+    "unregister_comparator",
+]
 
-logger = logging.getLogger("alembic_ext")
-
-#: Name of the autogenerate plugin (Alembic 1.18+).
+#: Name of the (empty) autogenerate plugin on Alembic 1.18+, for ``env.py`` files that list it.
 PLUGIN_NAME = "alembic_ext.timescale"
-#: ``autogenerate_plugins`` value for ``env.py``: Alembic's own comparators plus ours.
+#: ``autogenerate_plugins`` value that names Alembic's own comparators plus ours (optional).
 AUTOGENERATE_PLUGINS: list[str] = ["alembic.autogenerate.*", PLUGIN_NAME]
 
 
-def diff_table(
-    table: Table,
-    options: TimescaleOptions,
-    state: ddl.TimescaleState | None,
-) -> list[MigrateOperation]:
-    """Operations that bring a table in ``state`` to ``options`` (``None``: a new table)."""
-    name, schema = table.name, table.schema
-    ops: list[MigrateOperation] = []
-    want_after = options.compress_after if options.compression else None
-    if state is None or not state.is_hypertable:
-        ops.append(
-            CreateHypertableOp(
-                name,
-                options.time_column,
-                chunk_time_interval=options.chunk_time_interval,
-                schema=schema,
-                # An existing plain table may hold rows; a table created alongside cannot.
-                migrate_data=state is not None,
-            )
-        )
-        if options.compression:
-            ops.append(
-                EnableCompressionOp(
-                    name, segmentby=options.segment_by, orderby=options.order_by, schema=schema
-                )
-            )
-        if want_after is not None:
-            ops.append(AddCompressionPolicyOp(name, want_after, schema=schema))
-        if options.drop_after is not None:
-            ops.append(AddRetentionPolicyOp(name, options.drop_after, schema=schema))
-        return ops
+@dataclass
+class CompareContext:
+    """What a comparator needs, read once per autogenerate run.
 
-    if state.time_column not in (None, options.time_column):
-        logger.warning(
-            "%s is partitioned on %r but the model says %r; TimescaleDB cannot change the "
-            "time column, so autogenerate leaves it alone",
-            ddl.qualified_name(name, schema),
-            state.time_column,
-            options.time_column,
-        )
-    if state.chunk_time_interval != options.chunk_time_interval:
-        ops.append(
-            SetChunkTimeIntervalOp(
-                name,
-                options.chunk_time_interval,
-                schema=schema,
-                _previous=state.chunk_time_interval,
-            )
-        )
-    # Policies go before the compression change they depend on (a compression policy blocks
-    # turning compression off) and are added again after it.
-    if state.compress_after is not None and state.compress_after != want_after:
-        ops.append(RemoveCompressionPolicyOp(name, schema=schema, _previous=state.compress_after))
-    previous = (state.segment_by, state.order_by) if state.compression else None
-    if options.compression and (
-        not state.compression
-        or state.segment_by != options.segment_by
-        or state.order_by != options.order_by_items
-    ):
-        ops.append(
-            EnableCompressionOp(
-                name,
-                segmentby=options.segment_by,
-                orderby=options.order_by,
-                schema=schema,
-                _previous=previous,
-            )
-        )
-    elif not options.compression and state.compression:
-        ops.append(DisableCompressionOp(name, schema=schema, _previous=previous))
-    if want_after is not None and state.compress_after != want_after:
-        ops.append(AddCompressionPolicyOp(name, want_after, schema=schema))
-    if state.drop_after != options.drop_after:
-        if state.drop_after is not None:
-            ops.append(RemoveRetentionPolicyOp(name, schema=schema, _previous=state.drop_after))
-        if options.drop_after is not None:
-            ops.append(AddRetentionPolicyOp(name, options.drop_after, schema=schema))
-    return ops
+    ``model_tables`` are the target metadata's tables that ``include_object`` passes, in every
+    schema: like Alembic, the model side is not limited to the schemas that already exist.
+    """
+
+    autogen_context: AutogenContext
+    upgrade_ops: UpgradeOps
+    connection: Connection
+    _inspector: Inspector = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._inspector = inspect(self.connection)
+
+    @property
+    def default_schema(self) -> str | None:
+        """The connection's default schema (``current_schema()`` on PostgreSQL)."""
+        return self.connection.dialect.default_schema_name
+
+    @cached_property
+    def model_tables(self) -> list[Table]:
+        """Model tables in dependency order, after the host's ``include_object`` hook."""
+        return [
+            table
+            for table in self.autogen_context.sorted_tables
+            if self.autogen_context.run_object_filters(table, table.name, "table", False, None)
+        ]
+
+    @cached_property
+    def timescale_version(self) -> tuple[int, ...] | None:
+        """The installed ``timescaledb`` extension's version, or ``None``."""
+        return ddl.timescale_version(self.connection)
+
+    @cached_property
+    def _schemas(self) -> set[str]:
+        return set(self._inspector.get_schema_names())
+
+    def schema_exists(self, schema: str | None) -> bool:
+        """Whether ``schema`` (``None``: the default one) exists in the database."""
+        return schema is None or schema in self._schemas
+
+    def table_exists(self, table: Table) -> bool:
+        """Whether ``table`` exists in the database (its schema may not, yet)."""
+        if not self.schema_exists(table.schema):
+            return False
+        return bool(self._inspector.has_table(table.name, schema=table.schema))
+
+    def add(self, *ops: MigrateOperation) -> None:
+        """Append operations to the revision's upgrade."""
+        self.upgrade_ops.ops.extend(ops)
+
+    def add_first(self, *ops: MigrateOperation) -> None:
+        """Put operations before everything else in the upgrade (e.g. ``create_schema``)."""
+        self.upgrade_ops.ops[0:0] = ops
 
 
-def _model_tables(
-    context: AutogenContext, schemas: Iterable[str | None], default_schema: str | None
-) -> list[tuple[Table, TimescaleOptions]]:
-    wanted = {None if s == default_schema else s for s in schemas}
-    out = []
-    for table in context.sorted_tables:
-        options = get_timescale_options(table)
-        if options is None:
-            continue
-        schema = None if table.schema == default_schema else table.schema
-        if schema not in wanted:
-            continue
-        names: dict[Any, str | None] = {"schema_name": table.schema} if table.schema else {}
-        if not context.run_name_filters(table.name, "table", names):
-            continue
-        if not context.run_object_filters(table, table.name, "table", False, None):
-            continue
-        out.append((table, options))
-    return out
+#: A comparator: reads the context, adds operations through it.
+Comparator = Callable[[CompareContext], None]
+
+_comparators: dict[str, Comparator] = {}
+
+
+def register_comparator(name: str, comparator: Comparator) -> None:
+    """Run ``comparator`` in every autogenerate on PostgreSQL, after those registered before.
+
+    Registering a name again replaces its comparator (a module imported twice adds nothing).
+    """
+    _comparators[name] = comparator
+
+
+def unregister_comparator(name: str) -> None:
+    """Stop running the comparator registered as ``name`` (no error if there is none)."""
+    _comparators.pop(name, None)
 
 
 def _strip_info(upgrade_ops: UpgradeOps) -> None:
-    # Table.info holds our TimescaleOptions (Python-side settings that the Timescale ops below
+    # Table.info holds our TimescaleOptions (Python-side settings that the Timescale ops
     # express); Alembic would otherwise write the dict, unimportable, into create_table().
     for op in upgrade_ops.ops:
         info = getattr(op, "info", None)
@@ -160,35 +136,16 @@ def _strip_info(upgrade_ops: UpgradeOps) -> None:
             op.info = {k: v for k, v in info.items() if not str(k).startswith("sa_signals.")}
 
 
-def compare_timescale(
+def compare_model(
     autogen_context: AutogenContext, upgrade_ops: UpgradeOps, schemas: Iterable[str | None]
 ) -> Any:
-    """The ``schema``-level comparator: append Timescale ops for every model table."""
-    connection: Connection | None = autogen_context.connection
-    if connection is None or connection.dialect.name != "postgresql":
-        return _continue()
-    default_schema = connection.dialect.default_schema_name
-    tables = _model_tables(autogen_context, schemas, default_schema)
+    """The ``schema``-level comparator Alembic calls; ``schemas`` is not used (see above)."""
     _strip_info(upgrade_ops)
-    if not tables:
-        return _continue()
-    version = ddl.timescale_version(connection)
-    inspector = inspect(connection)
-    for table, options in tables:
-        exists = inspector.has_table(table.name, schema=table.schema)
-        if version is None:
-            # The catalog cannot be read, but a table created by this revision should still
-            # become a hypertable where the revision later runs on TimescaleDB.
-            if not exists:
-                upgrade_ops.ops.extend(diff_table(table, options, None))
-            else:
-                logger.warning(
-                    "timescaledb not installed: cannot compare the Timescale settings of %s",
-                    ddl.qualified_name(table.name, table.schema),
-                )
-            continue
-        state = ddl.read_timescale_state(connection, table.name, table.schema) if exists else None
-        upgrade_ops.ops.extend(diff_table(table, options, state))
+    connection = autogen_context.connection
+    if connection is not None and connection.dialect.name == "postgresql":
+        context = CompareContext(autogen_context, upgrade_ops, connection)
+        for comparator in list(_comparators.values()):
+            comparator(context)
     return _continue()
 
 
@@ -201,26 +158,29 @@ def _continue() -> Any:
 
 
 def setup(plugin: Any) -> None:
-    """Plugin entry (Alembic 1.18+): compare after the tables, so hypertables follow tables."""
-    from alembic.util import DispatchPriority
+    """Plugin entry (Alembic 1.18+): nothing to add, :func:`register` already did."""
 
-    plugin.add_autogenerate_comparator(
-        compare_timescale, "schema", "timescale", priority=DispatchPriority.LAST
-    )
+
+_registered = False
 
 
 def register() -> None:
-    """Register the comparator: as a plugin when Alembic has the API, globally otherwise."""
-    try:
-        from alembic.runtime.plugins import Plugin
-    except ImportError:
-        from alembic.autogenerate.compare import comparators
-
-        comparators.dispatch_for("schema")(compare_timescale)
+    """Put :func:`compare_model` in Alembic's global comparators, once per process."""
+    global _registered
+    if _registered:
         return
-    import sys
+    _registered = True
+    from alembic.autogenerate import comparators
+
+    try:
+        from alembic.util import DispatchPriority
+    except ImportError:  # Alembic < 1.18: registration order, after Alembic's own
+        comparators.dispatch_for("schema")(compare_model)
+        return
+    comparators.dispatch_for("schema", priority=DispatchPriority.LAST)(compare_model)
+    from alembic.runtime.plugins import Plugin
 
     try:
         Plugin.setup_plugin_from_module(sys.modules[__name__], PLUGIN_NAME)
-    except ValueError:  # already registered (module imported again)
+    except ValueError:  # a plugin of that name exists already
         pass

@@ -10,6 +10,10 @@ Pass them to ``context.configure(include_name=..., include_object=...)``. They h
 
 :func:`render_item` (``context.configure(render_item=...)``) makes revisions import the module of
 the sa_signals column types they mention (Alembic writes ``sa_signals.types.X()`` for them).
+
+A host that already passes hooks of its own or of another library (geoalchemy2's
+``alembic_helpers``, for instance) chains them with ours through :func:`combine_include_name`,
+:func:`combine_include_object` and :func:`combine_render_item`.
 """
 
 from __future__ import annotations
@@ -22,12 +26,24 @@ from sqlalchemy import Index
 from sqlalchemy.sql.schema import SchemaItem
 
 __all__ = [
+    "IncludeName",
+    "IncludeObject",
+    "RenderItem",
     "combine_include_name",
+    "combine_include_object",
+    "combine_render_item",
     "include_name",
     "include_object",
     "is_timescale_schema",
     "render_item",
 ]
+
+#: ``include_name(name, type_, parent_names) -> bool``
+IncludeName = Callable[[str | None, str, Mapping[str, Any]], bool]
+#: ``include_object(object_, name, type_, reflected, compare_to) -> bool``
+IncludeObject = Callable[[Any, str | None, str, bool, Any], bool]
+#: ``render_item(type_, object_, autogen_context) -> str | False``
+RenderItem = Callable[[str, Any, Any], "str | bool"]
 
 _SCHEMAS = frozenset(
     {"timescaledb_information", "timescaledb_experimental", "toolkit_experimental"}
@@ -76,15 +92,43 @@ def _is_default_time_index(index: Index, name: str | None) -> bool:
     return column is not None and name == f"{table.name}_{column}_idx"
 
 
-def combine_include_name(
-    *hooks: Callable[[str | None, str, Mapping[str, Any]], bool],
-) -> Callable[[str | None, str, Mapping[str, Any]], bool]:
-    """One ``include_name`` hook that passes only what every hook (and ours) passes."""
+def combine_include_name(*hooks: IncludeName) -> IncludeName:
+    """One ``include_name`` hook that passes only what ours and every hook pass."""
 
     def combined(name: str | None, type_: str, parent_names: Mapping[str, Any]) -> bool:
         return include_name(name, type_, parent_names) and all(
             hook(name, type_, parent_names) for hook in hooks
         )
+
+    return combined
+
+
+def combine_include_object(*hooks: IncludeObject) -> IncludeObject:
+    """One ``include_object`` hook that passes only what ours and every hook pass."""
+
+    def combined(
+        object_: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        return include_object(object_, name, type_, reflected, compare_to) and all(
+            hook(object_, name, type_, reflected, compare_to) for hook in hooks
+        )
+
+    return combined
+
+
+def combine_render_item(*hooks: RenderItem) -> RenderItem:
+    """One ``render_item`` hook: ours (imports only), then each hook until one renders.
+
+    The first hook that returns a string wins; when none does, Alembic renders the item.
+    """
+
+    def combined(type_: str, object_: Any, autogen_context: Any) -> str | bool:
+        render_item(type_, object_, autogen_context)
+        for hook in hooks:
+            rendered = hook(type_, object_, autogen_context)
+            if rendered is not False:
+                return rendered
+        return False
 
     return combined
 

@@ -6,8 +6,13 @@ and friends available in migration scripts. ``reverse()`` lets autogenerate writ
 
 A hypertable cannot be turned back into a plain table (TimescaleDB has no such function), so the
 reverse of :class:`CreateHypertableOp` is :class:`KeepHypertableOp`: it changes nothing and says
-so. Dropping the table (as the downgrade of a migration that created it does) removes the
-hypertable with its chunks.
+so. Operations written for a table that the same revision creates reverse to nothing
+(:class:`DroppedWithTableOp`): the downgrade's ``drop_table`` removes the hypertable with its
+chunks, compression settings and policies, and disabling compression first would fail once any
+chunk is compressed.
+
+:class:`CreateSchemaOp` / :class:`DropSchemaOp` create the schema of a model table that does not
+exist yet (Alembic compares tables, not schemas).
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ __all__ = [
     "AddCompressionPolicyOp",
     "AddRetentionPolicyOp",
     "CreateHypertableOp",
+    "CreateSchemaOp",
     "DisableCompressionOp",
+    "DropSchemaOp",
+    "DroppedWithTableOp",
     "EnableCompressionOp",
     "Interval",
     "KeepHypertableOp",
@@ -113,13 +121,19 @@ def _order_by_text(items: Sequence[str | OrderByItem]) -> tuple[str, ...]:
 
 
 class TimescaleOp(MigrateOperation):
-    """Base of the TimescaleDB operations: one table, optionally schema-qualified."""
+    """Base of the TimescaleDB operations: one table, optionally schema-qualified.
+
+    Autogenerate sets ``new_table`` on operations for a table that the same revision creates:
+    their reverse is :class:`DroppedWithTableOp`, since dropping the table undoes them.
+    """
 
     def __init__(self, table_name: str, *, schema: str | None = None) -> None:
         if not isinstance(table_name, str) or not table_name:
             raise ConfigurationError(f"table name must be a non-empty string, got {table_name!r}")
         self.table_name = table_name
         self.schema = schema
+        #: Whether the same revision creates the table (then the reverse is nothing).
+        self.new_table = False
 
     def _key(self) -> tuple[Any, ...]:
         return (type(self).__name__, self.table_name, self.schema)
@@ -137,6 +151,94 @@ class TimescaleOp(MigrateOperation):
         """``(kind, schema, table, *settings)``, as ``alembic check`` reports differences."""
         kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__.removesuffix("Op")).lower()
         return (kind, self.schema, self.table_name, *self._key()[3:])
+
+    def reverse(self) -> MigrateOperation:
+        if self.new_table:
+            return DroppedWithTableOp(self)
+        return self._opposite()
+
+    def _opposite(self) -> MigrateOperation:
+        raise NotImplementedError
+
+
+class DroppedWithTableOp(MigrateOperation):
+    """The reverse of an operation on a table created in the same revision: nothing to run.
+
+    The downgrade drops the table, and with it the hypertable, its chunks, compression settings
+    and policies. Renders no line; never invoked.
+    """
+
+    def __init__(self, original: TimescaleOp) -> None:
+        self.original = original
+
+    def reverse(self) -> TimescaleOp:
+        return self.original
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("dropped_with_table", self.original.schema, self.original.table_name)
+
+
+class _SchemaOp(MigrateOperation):
+    def __init__(self, schema_name: str) -> None:
+        if not isinstance(schema_name, str) or not schema_name:
+            raise ConfigurationError(f"schema name must be a non-empty string, got {schema_name!r}")
+        self.schema_name = schema_name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SchemaOp) and (type(other), other.schema_name) == (
+            type(self),
+            self.schema_name,
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.schema_name))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.schema_name!r})"
+
+
+@Operations.register_operation("create_schema")
+class CreateSchemaOp(_SchemaOp):
+    """``CREATE SCHEMA IF NOT EXISTS``: the schema of a model table that does not exist yet."""
+
+    def __init__(self, schema_name: str, *, if_not_exists: bool = True) -> None:
+        super().__init__(schema_name)
+        self.if_not_exists = if_not_exists
+
+    @classmethod
+    def create_schema(
+        cls, operations: Operations, schema_name: str, *, if_not_exists: bool = True
+    ) -> None:
+        """Create ``schema_name`` (no error when it exists, unless ``if_not_exists=False``)."""
+        operations.invoke(cls(schema_name, if_not_exists=if_not_exists))
+
+    def reverse(self) -> DropSchemaOp:
+        return DropSchemaOp(self.schema_name)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("add_schema", self.schema_name)
+
+
+@Operations.register_operation("drop_schema")
+class DropSchemaOp(_SchemaOp):
+    """``DROP SCHEMA IF EXISTS`` (``RESTRICT``: fails while anything is left in it)."""
+
+    def __init__(self, schema_name: str, *, if_exists: bool = True) -> None:
+        super().__init__(schema_name)
+        self.if_exists = if_exists
+
+    @classmethod
+    def drop_schema(
+        cls, operations: Operations, schema_name: str, *, if_exists: bool = True
+    ) -> None:
+        """Drop ``schema_name`` if it is empty; objects left in it make this fail."""
+        operations.invoke(cls(schema_name, if_exists=if_exists))
+
+    def reverse(self) -> CreateSchemaOp:
+        return CreateSchemaOp(self.schema_name)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("remove_schema", self.schema_name)
 
 
 @Operations.register_operation("create_hypertable")
@@ -189,7 +291,7 @@ class CreateHypertableOp(TimescaleOp):
             )
         )
 
-    def reverse(self) -> KeepHypertableOp:
+    def _opposite(self) -> KeepHypertableOp:
         return KeepHypertableOp(self.table_name, schema=self.schema)
 
 
@@ -209,7 +311,7 @@ class KeepHypertableOp(TimescaleOp):
         """Record that ``table_name`` stays a hypertable (a no-op, logged)."""
         operations.invoke(cls(table_name, schema=schema))
 
-    def reverse(self) -> KeepHypertableOp:
+    def _opposite(self) -> KeepHypertableOp:
         return KeepHypertableOp(self.table_name, schema=self.schema)
 
 
@@ -244,7 +346,7 @@ class SetChunkTimeIntervalOp(TimescaleOp):
         """Change the chunk interval of a hypertable (existing chunks keep theirs)."""
         operations.invoke(cls(table_name, chunk_time_interval, schema=schema))
 
-    def reverse(self) -> SetChunkTimeIntervalOp:
+    def _opposite(self) -> SetChunkTimeIntervalOp:
         if self._previous is None:
             raise ValueError(
                 f"set_chunk_time_interval on {self.table_name!r} is not reversible: "
@@ -258,31 +360,61 @@ class SetChunkTimeIntervalOp(TimescaleOp):
         )
 
 
+def _columns(
+    new: Sequence[Any] | None, old: Sequence[Any] | None, name: str, alias: str
+) -> Sequence[Any]:
+    # segmentby / orderby (TimescaleDB's spelling) stay accepted for revisions written with them.
+    if new is not None and old is not None:
+        raise ConfigurationError(f"pass {name}= or its alias {alias}=, not both")
+    value = new if new is not None else old if old is not None else ()
+    if isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a list of column names, not a string")
+    return value
+
+
 @Operations.register_operation("enable_compression")
 class EnableCompressionOp(TimescaleOp):
-    """Turn compression (the columnstore) on, or change its segment-by / order-by."""
+    """Turn compression (the columnstore) on, or change its segment-by / order-by.
+
+    ``segment_by`` / ``order_by`` are spelled as in :class:`~sa_signals.TimescaleOptions`;
+    TimescaleDB's ``segmentby`` / ``orderby`` are accepted aliases.
+    """
 
     def __init__(
         self,
         table_name: str,
         *,
-        segmentby: Sequence[str] = (),
-        orderby: Sequence[str | OrderByItem] = (),
+        segment_by: Sequence[str] | None = None,
+        order_by: Sequence[str | OrderByItem] | None = None,
         schema: str | None = None,
+        segmentby: Sequence[str] | None = None,
+        orderby: Sequence[str | OrderByItem] | None = None,
         _previous: tuple[Sequence[str], Sequence[str | OrderByItem]] | None = None,
     ) -> None:
         super().__init__(table_name, schema=schema)
-        if isinstance(segmentby, str) or isinstance(orderby, str):
-            raise ConfigurationError("segmentby and orderby must be lists of names, not a string")
-        self.segmentby = tuple(segmentby)
-        self.orderby = _order_by_text(orderby)
+        self.segment_by: tuple[str, ...] = tuple(
+            _columns(segment_by, segmentby, "segment_by", "segmentby")
+        )
+        self.order_by: tuple[str, ...] = _order_by_text(
+            _columns(order_by, orderby, "order_by", "orderby")
+        )
         #: Settings before this op (for ``reverse()``); ``None`` when compression was off.
         self._previous = (
             None if _previous is None else (tuple(_previous[0]), _order_by_text(_previous[1]))
         )
 
+    @property
+    def segmentby(self) -> tuple[str, ...]:
+        """Alias of :attr:`segment_by`."""
+        return self.segment_by
+
+    @property
+    def orderby(self) -> tuple[str, ...]:
+        """Alias of :attr:`order_by`."""
+        return self.order_by
+
     def _key(self) -> tuple[Any, ...]:
-        return (*super()._key(), self.segmentby, self.orderby)
+        return (*super()._key(), self.segment_by, self.order_by)
 
     @classmethod
     def enable_compression(
@@ -290,55 +422,79 @@ class EnableCompressionOp(TimescaleOp):
         operations: Operations,
         table_name: str,
         *,
-        segmentby: Sequence[str] = (),
-        orderby: Sequence[str] = (),
+        segment_by: Sequence[str] | None = None,
+        order_by: Sequence[str] | None = None,
         schema: str | None = None,
+        segmentby: Sequence[str] | None = None,
+        orderby: Sequence[str] | None = None,
     ) -> None:
-        """Enable compression segmented by ``segmentby`` and ordered by ``orderby``."""
-        operations.invoke(cls(table_name, segmentby=segmentby, orderby=orderby, schema=schema))
-
-    def reverse(self) -> EnableCompressionOp | DisableCompressionOp:
-        if self._previous is not None:
-            segmentby, orderby = self._previous
-            return EnableCompressionOp(
-                self.table_name,
+        """Enable compression segmented by ``segment_by`` and ordered by ``order_by``."""
+        operations.invoke(
+            cls(
+                table_name,
+                segment_by=segment_by,
+                order_by=order_by,
+                schema=schema,
                 segmentby=segmentby,
                 orderby=orderby,
+            )
+        )
+
+    def _opposite(self) -> EnableCompressionOp | DisableCompressionOp:
+        if self._previous is not None:
+            segment_by, order_by = self._previous
+            return EnableCompressionOp(
+                self.table_name,
+                segment_by=segment_by,
+                order_by=order_by,
                 schema=self.schema,
-                _previous=(self.segmentby, self.orderby),
+                _previous=(self.segment_by, self.order_by),
             )
         return DisableCompressionOp(
-            self.table_name, schema=self.schema, _previous=(self.segmentby, self.orderby)
+            self.table_name, schema=self.schema, _previous=(self.segment_by, self.order_by)
         )
 
 
 @Operations.register_operation("disable_compression")
 class DisableCompressionOp(TimescaleOp):
-    """Turn compression off (fails while compressed chunks or a compression policy exist)."""
+    """Turn compression off.
+
+    TimescaleDB refuses while any chunk is compressed. ``decompress=True`` decompresses every
+    compressed chunk first (it rewrites them: time and disk space grow with the data); without
+    it the operation raises :class:`~sa_signals.MigrationError` naming the chunks' count. A
+    compression policy must be removed before (autogenerate writes that first).
+    """
 
     def __init__(
         self,
         table_name: str,
         *,
         schema: str | None = None,
+        decompress: bool = False,
         _previous: tuple[Sequence[str], Sequence[str | OrderByItem]] | None = None,
     ) -> None:
         super().__init__(table_name, schema=schema)
+        self.decompress = decompress
         self._previous = (
             None if _previous is None else (tuple(_previous[0]), _order_by_text(_previous[1]))
         )
 
     @classmethod
     def disable_compression(
-        cls, operations: Operations, table_name: str, *, schema: str | None = None
+        cls,
+        operations: Operations,
+        table_name: str,
+        *,
+        schema: str | None = None,
+        decompress: bool = False,
     ) -> None:
-        """Disable compression on a hypertable."""
-        operations.invoke(cls(table_name, schema=schema))
+        """Disable compression; ``decompress=True`` decompresses compressed chunks first."""
+        operations.invoke(cls(table_name, schema=schema, decompress=decompress))
 
-    def reverse(self) -> EnableCompressionOp:
-        segmentby, orderby = self._previous if self._previous is not None else ((), ())
+    def _opposite(self) -> EnableCompressionOp:
+        segment_by, order_by = self._previous if self._previous is not None else ((), ())
         return EnableCompressionOp(
-            self.table_name, segmentby=segmentby, orderby=orderby, schema=self.schema
+            self.table_name, segment_by=segment_by, order_by=order_by, schema=self.schema
         )
 
 
@@ -393,7 +549,7 @@ class AddCompressionPolicyOp(_PolicyOp):
         """Add a compression policy (no-op if the table already has one)."""
         operations.invoke(cls(table_name, compress_after, schema=schema))
 
-    def reverse(self) -> RemoveCompressionPolicyOp:
+    def _opposite(self) -> RemoveCompressionPolicyOp:
         return RemoveCompressionPolicyOp(
             self.table_name, schema=self.schema, _previous=self.compress_after
         )
@@ -410,7 +566,7 @@ class RemoveCompressionPolicyOp(_RemovePolicyOp):
         """Remove the table's compression policy (no-op if there is none)."""
         operations.invoke(cls(table_name, schema=schema))
 
-    def reverse(self) -> AddCompressionPolicyOp:
+    def _opposite(self) -> AddCompressionPolicyOp:
         after = self._previous_or_fail("remove_compression_policy")
         return AddCompressionPolicyOp(self.table_name, after, schema=self.schema)
 
@@ -439,7 +595,7 @@ class AddRetentionPolicyOp(_PolicyOp):
         """Add a retention policy (no-op if the table already has one)."""
         operations.invoke(cls(table_name, drop_after, schema=schema))
 
-    def reverse(self) -> RemoveRetentionPolicyOp:
+    def _opposite(self) -> RemoveRetentionPolicyOp:
         return RemoveRetentionPolicyOp(
             self.table_name, schema=self.schema, _previous=self.drop_after
         )
@@ -456,6 +612,6 @@ class RemoveRetentionPolicyOp(_RemovePolicyOp):
         """Remove the table's retention policy (no-op if there is none)."""
         operations.invoke(cls(table_name, schema=schema))
 
-    def reverse(self) -> AddRetentionPolicyOp:
+    def _opposite(self) -> AddRetentionPolicyOp:
         after = self._previous_or_fail("remove_retention_policy")
         return AddRetentionPolicyOp(self.table_name, after, schema=self.schema)

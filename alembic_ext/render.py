@@ -1,7 +1,8 @@
 """Autogenerate renderers: write the TimescaleDB operations into revision files.
 
 Each renderer adds ``import alembic_ext`` (which registers the operations when the revision runs)
-and, for intervals, ``import datetime`` to the revision's imports.
+and, for intervals, ``import datetime`` to the revision's imports. The reverse of an operation on
+a table the revision creates (:class:`~alembic_ext.ops.DroppedWithTableOp`) renders no line.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from .ops import (
     AddCompressionPolicyOp,
     AddRetentionPolicyOp,
     CreateHypertableOp,
+    CreateSchemaOp,
     DisableCompressionOp,
+    DroppedWithTableOp,
+    DropSchemaOp,
     EnableCompressionOp,
     KeepHypertableOp,
     RemoveCompressionPolicyOp,
@@ -34,15 +38,35 @@ def render_interval(value: timedelta, context: AutogenContext) -> str:
     return repr(value)  # repr(timedelta) is "datetime.timedelta(days=7)"
 
 
-def _call(context: AutogenContext, name: str, op: TimescaleOp, *args: str, **kwargs: str) -> str:
+def _render(context: AutogenContext, name: str, args: list[str], kwargs: dict[str, str]) -> str:
     if context.imports is not None:
         context.imports.add("import alembic_ext")
     prefix = context.opts.get("alembic_module_prefix") or "op."
-    parts = [repr(op.table_name), *args]
-    parts.extend(f"{key}={value}" for key, value in kwargs.items())
-    if op.schema is not None:
-        parts.append(f"schema={op.schema!r}")
+    parts = [*args, *(f"{key}={value}" for key, value in kwargs.items())]
     return f"{prefix}{name}({', '.join(parts)})"
+
+
+def _call(context: AutogenContext, name: str, op: TimescaleOp, *args: str, **kwargs: str) -> str:
+    if op.schema is not None:
+        kwargs["schema"] = repr(op.schema)
+    return _render(context, name, [repr(op.table_name), *args], kwargs)
+
+
+@renderers.dispatch_for(DroppedWithTableOp)
+def _dropped_with_table(context: AutogenContext, op: DroppedWithTableOp) -> list[str]:
+    return []
+
+
+@renderers.dispatch_for(CreateSchemaOp)
+def _create_schema(context: AutogenContext, op: CreateSchemaOp) -> str:
+    extra = {} if op.if_not_exists else {"if_not_exists": "False"}
+    return _render(context, "create_schema", [repr(op.schema_name)], extra)
+
+
+@renderers.dispatch_for(DropSchemaOp)
+def _drop_schema(context: AutogenContext, op: DropSchemaOp) -> str:
+    extra = {} if op.if_exists else {"if_exists": "False"}
+    return _render(context, "drop_schema", [repr(op.schema_name)], extra)
 
 
 @renderers.dispatch_for(CreateHypertableOp)
@@ -85,14 +109,15 @@ def _enable_compression(context: AutogenContext, op: EnableCompressionOp) -> str
         context,
         "enable_compression",
         op,
-        segmentby=repr(list(op.segmentby)),
-        orderby=repr(list(op.orderby)),
+        segment_by=repr(list(op.segment_by)),
+        order_by=repr(list(op.order_by)),
     )
 
 
 @renderers.dispatch_for(DisableCompressionOp)
 def _disable_compression(context: AutogenContext, op: DisableCompressionOp) -> str:
-    return _call(context, "disable_compression", op)
+    extra = {"decompress": "True"} if op.decompress else {}
+    return _call(context, "disable_compression", op, **extra)
 
 
 @renderers.dispatch_for(AddCompressionPolicyOp)

@@ -7,10 +7,13 @@ __all__ = [
     "ConfigurationError",
     "InvalidQueryError",
     "InvalidSignalError",
+    "MigrationError",
     "MissingDependencyError",
     "QueryError",
     "SignalsError",
+    "SignalsWarning",
     "TimescaleUnavailableError",
+    "TimescaleUnavailableWarning",
     "WriteError",
 ]
 
@@ -44,6 +47,18 @@ class InvalidQueryError(SignalsError, ValueError):
 
 class TimescaleUnavailableError(SignalsError):
     """TimescaleDB was required but the ``timescaledb`` extension is not installed."""
+
+
+class MigrationError(SignalsError):
+    """An Alembic operation cannot run as written; the message says what to change."""
+
+
+class SignalsWarning(UserWarning):
+    """Base class of the warnings sa_signals issues (shown by Python's default filters)."""
+
+
+class TimescaleUnavailableWarning(SignalsWarning):
+    """A TimescaleDB step was skipped because the ``timescaledb`` extension is not installed."""
 
 
 class MissingDependencyError(SignalsError, ImportError):

@@ -8,11 +8,11 @@ run go through the real ``alembic`` CLI.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,10 +20,16 @@ from pathlib import Path
 import psycopg
 import pytest
 from alembic import command
+from alembic.autogenerate import compare_metadata, produce_migrations, render_python_code
 from alembic.config import Config
-from sqlalchemy import create_engine, inspect, text
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import MetaData, create_engine, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
+
+import alembic_ext
+from alembic_ext import CreateSchemaOp
+from sa_signals import TimescaleUnavailableWarning, signals_table
 
 from .conftest import Database
 
@@ -252,7 +258,7 @@ def test_autogenerate_upgrade_change_and_downgrade_on_timescale(
     ]
     assert "import alembic_ext" in revision and "import datetime" in revision
     assert "chunk_time_interval=datetime.timedelta(days=7)" in revision
-    assert "segmentby=['provider', 'symbol', 'name'], orderby=['ts DESC']" in revision
+    assert "segment_by=['provider', 'symbol', 'name'], order_by=['ts DESC']" in revision
     assert "compress_after=datetime.timedelta(days=30)" in revision
 
     # 2. Upgrade leaves the spec's settings.
@@ -277,7 +283,7 @@ def test_autogenerate_upgrade_change_and_downgrade_on_timescale(
         "op.enable_compression",
         "op.add_compression_policy",
     ]
-    assert "segmentby=['provider', 'symbol']" in changed
+    assert "segment_by=['provider', 'symbol']" in changed
     assert "compress_after=datetime.timedelta(days=10)" in changed
     # The downgrade restores the previous settings.
     assert _ops(changed, "downgrade") == [
@@ -285,7 +291,7 @@ def test_autogenerate_upgrade_change_and_downgrade_on_timescale(
         "op.enable_compression",
         "op.add_compression_policy",
     ]
-    assert "segmentby=['provider', 'symbol', 'name']" in changed.split("def downgrade")[1]
+    assert "segment_by=['provider', 'symbol', 'name']" in changed.split("def downgrade")[1]
     command.upgrade(host.config(), "head")
     info = timescale_info(host)
     assert info["segmentby"] == ["provider", "symbol"]
@@ -339,9 +345,7 @@ def test_offline_sql_applies_cleanly(ts_host: Host) -> None:
     command.check(host.config())
 
 
-def test_plain_postgres_upgrades_with_warnings(
-    pg_host: Host, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_plain_postgres_upgrades_with_warnings(pg_host: Host) -> None:
     host = pg_host
     revision = host.autogenerate("initial")
     # The revision is still right for TimescaleDB, where it may run later.
@@ -350,9 +354,9 @@ def test_plain_postgres_upgrades_with_warnings(
         "op.enable_compression",
         "op.add_compression_policy",
     ]
-    with caplog.at_level(logging.WARNING, logger="alembic_ext"):
+    with pytest.warns(TimescaleUnavailableWarning) as warned:
         command.upgrade(host.config(), "head")
-    skipped = [r.getMessage() for r in caplog.records if "timescaledb not available" in r.message]
+    skipped = [str(w.message) for w in warned if "timescaledb not available" in str(w.message)]
     assert len(skipped) == 3
     assert any("create_hypertable" in message for message in skipped)
     engine = create_engine(host.url, poolclass=NullPool)
@@ -371,3 +375,86 @@ def test_plain_postgres_upgrades_with_warnings(
     ) == [("r",)]
     command.downgrade(host.config(), "base")
     assert schema_tables(host) == {"alembic_version"}
+
+
+# -- registration: one comparator, run once, by default, extensible -------------------------
+
+
+def _diffs(db: Database, metadata: MetaData, **opts: object) -> list[tuple[object, ...]]:
+    """``compare_metadata`` as ``alembic check`` runs it, against the test's schema."""
+    engine = create_engine(db.url.difference_update_query(["options"]), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"include_schemas": True, "include_name": _only(db), **opts}
+            )
+            return [d for d in compare_metadata(context, metadata) if isinstance(d, tuple)]
+    finally:
+        engine.dispose()
+
+
+def _only(db: Database) -> Callable[[str | None, str, Mapping[str, object]], bool]:
+    schemas = {db.schema, f"{db.schema}_new"}
+    return lambda name, type_, parents: type_ != "schema" or name in schemas
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["import-only", "plugin-listed"])
+def test_comparator_runs_once_by_default_and_with_the_plugin_listed(
+    postgres_db: Database, listed: bool
+) -> None:
+    metadata = MetaData()
+    signals_table(metadata, schema=f"{postgres_db.schema}_new")
+    opts = {"autogenerate_plugins": alembic_ext.AUTOGENERATE_PLUGINS} if listed else {}
+    kinds = [d[0] for d in _diffs(postgres_db, metadata, **opts) if d[0] != "add_index"]
+    # A schema that does not exist yet: its create_schema, then the table's TimescaleDB ops.
+    assert kinds == [
+        "add_schema",
+        "add_table",
+        "create_hypertable",
+        "enable_compression",
+        "add_compression_policy",
+    ]
+
+
+def test_registered_comparators_run_after_ours(postgres_db: Database) -> None:
+    seen: list[list[str]] = []
+
+    def extra(context: alembic_ext.CompareContext) -> None:
+        seen.append([type(op).__name__ for op in context.upgrade_ops.ops])
+        context.add(CreateSchemaOp("extra_schema"))
+
+    metadata = MetaData()
+    signals_table(metadata, schema=postgres_db.schema)
+    alembic_ext.register_comparator("tests.extra", extra)
+    try:
+        diffs = _diffs(postgres_db, metadata)
+    finally:
+        alembic_ext.unregister_comparator("tests.extra")
+    assert seen == [
+        [
+            "CreateTableOp",
+            "ModifyTableOps",
+            "CreateHypertableOp",
+            "EnableCompressionOp",
+            "AddCompressionPolicyOp",
+        ]
+    ]
+    assert diffs[-1] == ("add_schema", "extra_schema")
+    assert _diffs(postgres_db, metadata)[-1][0] == "add_compression_policy"
+
+
+def test_timescale_settings_stay_out_of_create_table_on_every_dialect(tmp_path: Path) -> None:
+    metadata = MetaData()
+    signals_table(metadata)
+    engine = create_engine(f"sqlite:///{tmp_path / 'host.db'}")
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"render_item": alembic_ext.render_item}
+            )
+            script = produce_migrations(context, metadata)
+            rendered = render_python_code(script.upgrade_ops, render_item=alembic_ext.render_item)
+    finally:
+        engine.dispose()
+    assert "op.create_table('signals'" in rendered
+    assert "info=" not in rendered and "TimescaleOptions" not in rendered

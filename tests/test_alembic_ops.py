@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import logging
+import re
 import warnings
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -16,25 +16,35 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Connection, DateTime, Integer, MetaData, Table, create_engine
-from sqlalchemy.exc import SAWarning
+from sqlalchemy.exc import DBAPIError, SAWarning
 from sqlalchemy.pool import NullPool
 
 import alembic_ext
 from alembic_ext import (
     AddCompressionPolicyOp,
     CreateHypertableOp,
+    CreateSchemaOp,
     DisableCompressionOp,
+    DroppedWithTableOp,
+    DropSchemaOp,
     EnableCompressionOp,
     KeepHypertableOp,
     RemoveCompressionPolicyOp,
     RemoveRetentionPolicyOp,
     SetChunkTimeIntervalOp,
 )
-from sa_signals import ConfigurationError, TimescaleUnavailableError, signals_table
+from sa_signals import (
+    ConfigurationError,
+    MigrationError,
+    SignalsWarning,
+    TimescaleUnavailableError,
+    TimescaleUnavailableWarning,
+    signals_table,
+)
 from sa_signals.schema.ddl.postgresql import read_timescale_state
 from sa_signals.schema.options import OrderByItem
 
-from .conftest import Database
+from .conftest import DEFAULT_TIMESCALE, Database
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +73,7 @@ def test_operations_apply_and_revert_settings(timescale_db: Database) -> None:
         op.create_hypertable(name, "ts", chunk_time_interval="1 day", schema=db.schema)
         op.set_chunk_time_interval(name, timedelta(days=2), schema=db.schema)
         op.enable_compression(
-            name, segmentby=["provider", "name"], orderby=["ts DESC", "symbol"], schema=db.schema
+            name, segment_by=["provider", "name"], order_by=["ts DESC", "symbol"], schema=db.schema
         )
         op.add_compression_policy(name, compress_after="5 days", schema=db.schema)
         op.add_retention_policy(name, drop_after=timedelta(days=60), schema=db.schema)
@@ -80,25 +90,26 @@ def test_operations_apply_and_revert_settings(timescale_db: Database) -> None:
         op.remove_retention_policy(name, schema=db.schema)
         op.remove_compression_policy(name, schema=db.schema)
         op.disable_compression(name, schema=db.schema)
-        op.keep_hypertable(name, schema=db.schema)
+        with pytest.warns(SignalsWarning, match="stays a hypertable"):
+            op.keep_hypertable(name, schema=db.schema)
         state = read_timescale_state(conn, name, db.schema)
     assert state.is_hypertable  # keep_hypertable changes nothing
     assert not state.compression
     assert state.compress_after is None and state.drop_after is None
 
 
-def test_plain_postgres_skips_with_warning(
-    postgres_db: Database, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_plain_postgres_skips_with_warning(postgres_db: Database) -> None:
     _plain_table(postgres_db)
-    with caplog.at_level(logging.WARNING, logger="alembic_ext"), postgres_db.engine.begin() as c:
+    with pytest.warns(TimescaleUnavailableWarning) as warned, postgres_db.engine.begin() as c:
         op = _operations(c)
         op.create_hypertable("signals", "ts", schema=postgres_db.schema)
         op.add_retention_policy("signals", drop_after="90 days", schema=postgres_db.schema)
-    messages = [r.getMessage() for r in caplog.records]
+    messages = [str(w.message) for w in warned]
     assert len(messages) == 2
     assert "skipped create_hypertable" in messages[0]
     assert f'"{postgres_db.schema}"."signals"' in messages[0]
+    # Attributed to the caller's line (a revision's op.… call), not to alembic_ext.
+    assert {w.filename for w in warned} == {__file__}
     assert postgres_db.sql(
         "SELECT relkind FROM pg_class WHERE relname = 'signals' "
         "AND relnamespace = CAST(:s AS regnamespace)",
@@ -117,9 +128,10 @@ def test_strict_mode_makes_missing_timescale_an_error(postgres_db: Database) -> 
         with pytest.raises(TimescaleUnavailableError):
             _operations(conn).enable_compression("signals", schema=postgres_db.schema)
         # The per-run option wins over the process-wide default.
-        _operations(conn, timescaledb_strict=False).enable_compression(
-            "signals", schema=postgres_db.schema
-        )
+        with pytest.warns(TimescaleUnavailableWarning):
+            _operations(conn, timescaledb_strict=False).enable_compression(
+                "signals", schema=postgres_db.schema
+            )
 
 
 def _offline_sql(schema: str, **opts: Any) -> list[str]:
@@ -129,12 +141,13 @@ def _offline_sql(schema: str, **opts: Any) -> list[str]:
     )
     op: Any = Operations(context)
     op.create_hypertable("signals", "ts", schema=schema)
+    # TimescaleDB's spelling, as revisions written before segment_by/order_by have it.
     op.enable_compression(
         "signals", segmentby=["provider", "symbol", "name"], orderby=["ts DESC"], schema=schema
     )
     op.add_compression_policy("signals", compress_after="30 days", schema=schema)
     op.add_retention_policy("signals", drop_after="400 days", schema=schema)
-    return [s.strip() for s in buffer.getvalue().split(";") if s.strip()]
+    return [s.strip() for s in re.split(r";\n", buffer.getvalue()) if s.strip()]
 
 
 @pytest.mark.parametrize("version", [None, "2.18"], ids=["default-2.0", "columnstore-2.18"])
@@ -159,6 +172,84 @@ def test_offline_sql_for_each_api_generation_applies(
     assert state.segment_by == ("provider", "symbol", "name")
     assert state.compress_after == timedelta(days=30)
     assert state.drop_after == timedelta(days=400)
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_offline_sql_on_plain_postgres_skips_or_fails_like_online(
+    postgres_db: Database, strict: bool
+) -> None:
+    db = postgres_db
+    assert db.schema is not None
+    statements = _offline_sql(db.schema, timescaledb_strict=strict)
+    assert all(s.startswith("DO $sa_signals$") for s in statements)
+    _plain_table(db)
+    notices: list[str] = []
+    with db.engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.add_notice_handler(lambda diag: notices.append(str(diag.message_primary)))
+        if strict:
+            with pytest.raises(DBAPIError, match=r"cannot create_hypertable on .*not installed"):
+                conn.exec_driver_sql(statements[0])
+            return
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+    skipped = [n for n in notices if n.startswith("timescaledb not available: skipped")]
+    assert [n.split()[4] for n in skipped] == [
+        "create_hypertable",
+        "enable_compression",
+        "add_compression_policy",
+        "add_retention_policy",
+    ]
+    assert db.sql(
+        "SELECT relkind FROM pg_class WHERE relname = 'signals' "
+        "AND relnamespace = CAST(:s AS regnamespace)",
+        s=db.schema,
+    ) == [("r",)]
+
+
+def _compressed_hypertable(db: Database) -> Any:
+    """A hypertable with rows in three chunks, the first compressed, jobs paused."""
+    table = db.make_table(
+        timescale=DEFAULT_TIMESCALE.replace(chunk_time_interval=timedelta(days=1))
+    )
+    db.metadata.create_all(db.engine)
+    relation = f'"{db.schema}".signals'
+    db.sql(
+        "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs "
+        "WHERE hypertable_schema = :s AND hypertable_name = 'signals'",
+        s=db.schema,
+    )
+    db.sql(
+        f"INSERT INTO {relation} (provider, symbol, ts, name, value) "
+        "SELECT 'p', 'S', CAST(:start AS timestamptz) + i * interval '1 hour', 'n', i "
+        "FROM generate_series(0, 50) AS i",
+        start=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    )
+    db.sql(
+        "SELECT compress_chunk(c) FROM show_chunks(CAST(:t AS regclass)) AS c ORDER BY c LIMIT 1",
+        t=relation,
+    )
+    return table
+
+
+def test_disable_compression_refuses_compressed_chunks_unless_asked_to_decompress(
+    timescale_db: Database,
+) -> None:
+    db = timescale_db
+    _compressed_hypertable(db)
+    with db.engine.begin() as conn:
+        op = _operations(conn)
+        op.remove_compression_policy("signals", schema=db.schema)
+        with pytest.raises(
+            MigrationError, match=r"1 of its chunks are compressed.*decompress=True"
+        ):
+            op.disable_compression("signals", schema=db.schema)
+    with db.engine.begin() as conn:
+        _operations(conn).disable_compression("signals", schema=db.schema, decompress=True)
+        state = read_timescale_state(conn, "signals", db.schema)
+    assert not state.compression
+    assert db.sql(f'SELECT count(*) FROM "{db.schema}".signals') == [(51,)]
 
 
 def test_default_hypertable_index_and_chunks_stay_out_of_autogenerate(
@@ -227,6 +318,31 @@ def test_reverse_operations_restore_previous_settings() -> None:
         RemoveRetentionPolicyOp("s").reverse()
     with pytest.raises(ValueError, match="not reversible"):
         SetChunkTimeIntervalOp("s", "1 day").reverse()
+    assert CreateSchemaOp("a").reverse() == DropSchemaOp("a")
+
+
+def test_operations_on_a_new_table_reverse_to_nothing() -> None:
+    # The revision creates the table: its downgrade drops it, which undoes these too.
+    for op in (
+        CreateHypertableOp("s", "ts"),
+        EnableCompressionOp("s", segment_by=["a"]),
+        AddCompressionPolicyOp("s", "30 days"),
+    ):
+        op.new_table = True
+        reverse = op.reverse()
+        assert isinstance(reverse, DroppedWithTableOp)
+        assert reverse.reverse() is op
+
+
+def test_compression_columns_take_both_spellings() -> None:
+    pythonic = EnableCompressionOp("s", segment_by=["a", "b"], order_by=["ts DESC"])
+    timescale = EnableCompressionOp("s", segmentby=["a", "b"], orderby=["ts DESC"])
+    assert pythonic == timescale
+    assert pythonic.segmentby == pythonic.segment_by == ("a", "b")
+    with pytest.raises(ConfigurationError, match="not both"):
+        EnableCompressionOp("s", segment_by=["a"], segmentby=["a"])
+    with pytest.raises(ConfigurationError, match="list of column names"):
+        EnableCompressionOp("s", segment_by="a")
 
 
 def test_render_writes_calls_and_imports() -> None:
@@ -245,8 +361,14 @@ def test_render_writes_calls_and_imports() -> None:
         "op.add_compression_policy('signals', compress_after=datetime.timedelta(days=30))"
     )
     assert render(EnableCompressionOp("t", segmentby=["a"], orderby=["ts desc"])) == (
-        "op.enable_compression('t', segmentby=['a'], orderby=['ts DESC'])"
+        "op.enable_compression('t', segment_by=['a'], order_by=['ts DESC'])"
     )
+    assert render(DisableCompressionOp("t", decompress=True)) == (
+        "op.disable_compression('t', decompress=True)"
+    )
+    assert render(CreateSchemaOp("analytics")) == "op.create_schema('analytics')"
+    assert render(DropSchemaOp("analytics")) == "op.drop_schema('analytics')"
+    assert render(DroppedWithTableOp(AddCompressionPolicyOp("t", "1 day"))) == ""
     assert render(RemoveCompressionPolicyOp("signals")) == (
         "op.remove_compression_policy('signals')"
     )

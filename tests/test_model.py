@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session
 
 from sa_signals import (
+    DEFAULT_NAMING,
     ConfigurationError,
     Signal,
     SignalMixin,
@@ -188,22 +189,106 @@ def test_declarative_mixin_in_host_base(db: Database) -> None:
 
     class ModelSignal(SignalMixin, Base):
         __tablename__ = "orm_signals"
-        __table_schema__ = db.schema
+        __table_args__ = {"schema": db.schema}  # SQLAlchemy's own convention
         __timescale__ = TimescaleOptions(compress_after=None)
 
     Base.metadata.create_all(db.engine)
+    assert "orm_signals" in inspect(db.engine).get_table_names(schema=db.schema)
     ts = datetime(2024, 5, 1, tzinfo=timezone.utc)
     with Session(db.engine) as session:
         session.add(
             ModelSignal(provider="p", symbol="SPY", ts=ts, name="x", value=2.0, metadata_={"k": 1})
+        )
+        # metadata= is the column's name: the constructor maps it to the metadata_ attribute.
+        session.add(
+            ModelSignal(provider="p", symbol="SPY", ts=ts, name="y", value=3.0, metadata={"j": 2})
         )
         session.commit()
         loaded = session.get(ModelSignal, ("p", "SPY", ts, "x"))
         assert loaded is not None
         assert loaded.metadata_ == {"k": 1}
         assert loaded.created_at is not None
+    table = f'"{db.schema}".orm_signals' if db.schema else "orm_signals"
+    assert db.sql(f"SELECT name, metadata FROM {table} ORDER BY name") == [
+        ("x", {"k": 1} if db.is_postgres else '{"k": 1}'),
+        ("y", {"j": 2} if db.is_postgres else '{"j": 2}'),
+    ]
+    assert isinstance(ModelSignal.__table__, Table)
     options = get_timescale_options(ModelSignal.__table__)
     assert options is not None and options.compress_after is None
+
+
+def test_mixin_metadata_and_metadata_underscore_together_are_refused() -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class ModelSignal(SignalMixin, Base):
+        __tablename__ = "model_signals"
+
+    with pytest.raises(ConfigurationError, match="both metadata= and metadata_="):
+        ModelSignal(provider="p", metadata={"a": 1}, metadata_={"a": 2})
+
+
+def test_mixin_schema_spellings() -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class TupleArgs(SignalMixin, Base):
+        __tablename__ = "a"
+        __table_args__ = ({"schema": "analytics"},)
+
+    class Legacy(SignalMixin, Base):
+        __tablename__ = "b"
+        __table_schema__ = "analytics"
+
+    class Both(SignalMixin, Base):
+        __tablename__ = "c"
+        __table_args__ = {"schema": "analytics"}
+        __table_schema__ = "analytics"
+
+    assert {TupleArgs.__table__.schema, Legacy.__table__.schema, Both.__table__.schema} == {
+        "analytics"
+    }
+
+
+@pytest.mark.parametrize(
+    ("table_args", "legacy", "message"),
+    [
+        ({"schema": "a"}, "b", "keep one"),
+        ({"comment": "x"}, None, "supports only 'schema'"),
+        ((Column("extra", Integer),), None, "only hold table keyword arguments"),
+    ],
+)
+def test_mixin_refuses_table_args_it_cannot_honour(
+    table_args: object, legacy: str | None, message: str
+) -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    with pytest.raises(ConfigurationError, match=message):
+
+        class ModelSignal(SignalMixin, Base):
+            __tablename__ = "model_signals"
+            __table_args__ = table_args
+            __table_schema__ = legacy
+
+
+def test_mixin_naming(sqlite_db: Database) -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class ModelSignal(SignalMixin, Base):
+        __tablename__ = "model_signals"
+        __signals_naming__ = {**DEFAULT_NAMING, "ix": "idx_%(table_name)s_%(constraint_name)s"}
+        __timescale__ = None
+
+    Base.metadata.create_all(sqlite_db.engine)
+    names = {ix["name"] for ix in inspect(sqlite_db.engine).get_indexes("model_signals")}
+    assert names == {
+        "idx_model_signals_provider_symbol_name_ts",
+        "idx_model_signals_ts",
+        "idx_model_signals_name_ts",
+    }
 
 
 def test_default_model_is_on_library_metadata() -> None:

@@ -81,7 +81,7 @@ def upgrade() -> None:
         name, "ts", chunk_time_interval=datetime.timedelta(days=7), schema=schema
     )
     op.enable_compression(  # type: ignore[attr-defined]
-        name, segmentby=["provider", "symbol", "name"], orderby=["ts DESC"], schema=schema
+        name, segment_by=["provider", "symbol", "name"], order_by=["ts DESC"], schema=schema
     )
     op.add_compression_policy(  # type: ignore[attr-defined]
         name, compress_after=datetime.timedelta(days=30), schema=schema

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
     CheckConstraint,
@@ -18,10 +18,12 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr
+from sqlalchemy.sql import FromClause
 from sqlalchemy.sql.elements import conv
 
 from ..errors import ConfigurationError
 from ..types import JSONDocument, timestamptz
+from .aggregates import signals_rollup
 from .ddl import attach_ddl_hooks
 from .options import TIMESCALE_INFO_KEY, TimescaleOptions
 
@@ -105,23 +107,36 @@ def signals_table(
         if timescale.time_column not in c:
             raise ConfigurationError(f"time_column {timescale.time_column!r} is not a column")
         attach_ddl_hooks(table)
+        for width in timescale.rollups:
+            signals_rollup(table, width)
     return table
 
 
 class SignalMixin:
-    """Declarative mixin: ``class MySignal(SignalMixin, Base): __tablename__ = "signals"``.
+    """Declarative mixin: ``class ModelSignal(SignalMixin, Base): __tablename__ = "model_signals"``.
 
-    The table is built by :func:`signals_table` on the base's metadata; set ``__timescale__``
-    (``None`` for a plain table) and ``__table_schema__`` on the class to customise it. The JSON
-    column ``metadata`` is mapped as the attribute ``metadata_`` because declarative reserves
-    ``metadata``.
+    The table is built by :func:`signals_table` on the base's metadata. Customise it with
+    class attributes:
+
+    * ``__table_args__ = {"schema": "analytics"}`` (SQLAlchemy's convention; the older
+      ``__table_schema__`` is accepted too);
+    * ``__timescale__``: the :class:`TimescaleOptions`, or ``None`` for a plain table;
+    * ``__signals_naming__``: name templates for the constraints and indexes (``naming=`` of
+      :func:`signals_table`).
+
+    The JSON column ``metadata`` is mapped as the attribute ``metadata_`` because declarative
+    reserves ``metadata``; the constructor accepts either keyword.
     """
 
-    __timescale__: TimescaleOptions | None = _DEFAULT_TIMESCALE
-    __table_schema__: str | None = None
+    __timescale__: ClassVar[TimescaleOptions | None] = _DEFAULT_TIMESCALE
+    __table_schema__: ClassVar[str | None] = None
+    __signals_naming__: ClassVar[Mapping[str, str] | None] = None
 
     if TYPE_CHECKING:
-        # Typing only: the mapped attributes come from ``__table__`` below.
+        # Typing only: the mapped attributes come from ``__table__`` below. ``__table__`` is
+        # declared as DeclarativeBase declares it so that ``class M(SignalMixin, Base)`` passes
+        # mypy's check of definitions shared by two bases.
+        __table__: ClassVar[FromClause]
         provider: Mapped[str]
         symbol: Mapped[str]
         ts: Mapped[datetime]
@@ -130,29 +145,70 @@ class SignalMixin:
         score: Mapped[float | None]
         metadata_: Mapped[dict[str, Any] | None]
         created_at: Mapped[datetime]
+    else:
 
-        def __init__(self, **kwargs: Any) -> None: ...
+        @declared_attr.directive
+        def __table__(cls) -> Table:
+            tablename: str = getattr(cls, "__tablename__", None) or "signals"
+            return signals_table(
+                cls.metadata,
+                tablename,
+                schema=_mixin_schema(cls),
+                timescale=cls.__timescale__,
+                naming=cls.__signals_naming__,
+            )
 
-    @declared_attr.directive
-    def __table__(cls) -> Table:
-        tablename: str = getattr(cls, "__tablename__", None) or "signals"
-        return signals_table(
-            cls.metadata,  # type: ignore[attr-defined]
-            tablename,
-            schema=cls.__table_schema__,
-            timescale=cls.__timescale__,
-        )
+        @declared_attr.directive
+        def __mapper_args__(cls) -> dict[str, Any]:
+            table: Table = cls.__table__
+            return {
+                "properties": {"metadata_": table.c.metadata},
+                "exclude_properties": ["metadata"],
+            }
 
-    @declared_attr.directive
-    def __mapper_args__(cls) -> dict[str, Any]:
-        table: Table = cls.__table__
-        return {"properties": {"metadata_": table.c.metadata}, "exclude_properties": ["metadata"]}
+    def __init__(self, **kwargs: Any) -> None:
+        if "metadata" in kwargs:
+            # ``metadata`` names the class's MetaData, so declarative's constructor would set it
+            # as a plain instance attribute and the JSON would never reach the column.
+            if "metadata_" in kwargs:
+                raise ConfigurationError(
+                    f"{type(self).__name__}() got both metadata= and metadata_=; pass one"
+                )
+            kwargs["metadata_"] = kwargs.pop("metadata")
+        super().__init__(**kwargs)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(provider={self.provider!r}, symbol={self.symbol!r}, "
             f"ts={self.ts!r}, name={self.name!r}, value={self.value!r})"
         )
+
+
+def _mixin_schema(cls: type) -> str | None:
+    """The schema of a :class:`SignalMixin` class: ``__table_args__``, else ``__table_schema__``."""
+    args = getattr(cls, "__table_args__", None)
+    if isinstance(args, tuple):
+        if any(not isinstance(arg, Mapping) for arg in args) or len(args) > 1:
+            raise ConfigurationError(
+                f"{cls.__name__}.__table_args__ may only hold table keyword arguments for a "
+                "signals table (its columns, constraints and indexes are fixed), got "
+                f"{args!r}"
+            )
+        args = args[0] if args else None
+    args = dict(args or {})
+    schema = args.pop("schema", None)
+    if args:
+        raise ConfigurationError(
+            f"{cls.__name__}.__table_args__ supports only 'schema' on a signals table, got "
+            f"{sorted(args)!r}"
+        )
+    legacy = getattr(cls, "__table_schema__", None)
+    if schema is not None and legacy is not None and schema != legacy:
+        raise ConfigurationError(
+            f"{cls.__name__} sets __table_args__ schema {schema!r} and __table_schema__ "
+            f"{legacy!r}; keep one"
+        )
+    return schema if schema is not None else legacy
 
 
 class _SignalsBase(DeclarativeBase):
@@ -163,7 +219,11 @@ class _SignalsBase(DeclarativeBase):
 signals_metadata: MetaData = _SignalsBase.metadata
 
 
-class Signal(SignalMixin, _SignalsBase):  # type: ignore[misc]
+class Signal(SignalMixin, _SignalsBase):
     """The default model: table ``signals``, default schema, the spec's Timescale settings."""
 
     __tablename__ = "signals"
+
+    if TYPE_CHECKING:
+        # The mixin declares FromClause as DeclarativeBase does; this one is a Table.
+        __table__: ClassVar[Table]

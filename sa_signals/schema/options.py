@@ -70,6 +70,18 @@ def _interval(name: str, value: timedelta | None, *, optional: bool) -> None:
         raise ConfigurationError(f"{name} must be positive, got {value!r}")
 
 
+def _rollup_widths(values: object) -> tuple[timedelta, ...]:
+    if isinstance(values, timedelta) or not isinstance(values, (list, tuple)):
+        raise ConfigurationError(f"rollups must be a list of timedelta widths, got {values!r}")
+    for value in values:
+        _interval("rollups item", value, optional=False)
+        if value % timedelta(seconds=1):
+            raise ConfigurationError(f"rollup widths must be whole seconds, got {value!r}")
+    if len(set(values)) != len(values):
+        raise ConfigurationError(f"rollup widths must be distinct, got {values!r}")
+    return tuple(sorted(values))
+
+
 @dataclass(frozen=True)
 class TimescaleOptions:
     """How a signals table is laid out on TimescaleDB.
@@ -81,6 +93,10 @@ class TimescaleOptions:
     :class:`~sa_signals.errors.TimescaleUnavailableError` instead of a warning;
     ``create_extension`` runs ``CREATE EXTENSION IF NOT EXISTS timescaledb`` first when the
     extension is available on the server but not installed in the database.
+
+    ``rollups`` (bucket widths, e.g. ``(timedelta(hours=1), timedelta(days=1))``) declares one
+    continuous aggregate per width on the table's ``MetaData``
+    (:func:`~sa_signals.schema.aggregates.signals_rollup` with its defaults).
     """
 
     time_column: str = "ts"
@@ -92,6 +108,7 @@ class TimescaleOptions:
     drop_after: timedelta | None = None
     require_timescale: bool = False
     create_extension: bool = False
+    rollups: tuple[timedelta, ...] = ()
     _order_by_items: tuple[OrderByItem, ...] = field(
         init=False, repr=False, compare=False, default=()
     )
@@ -100,6 +117,7 @@ class TimescaleOptions:
         # Accept lists from callers but keep the value hashable and comparable.
         object.__setattr__(self, "segment_by", tuple(self.segment_by))
         object.__setattr__(self, "order_by", tuple(self.order_by))
+        object.__setattr__(self, "rollups", _rollup_widths(self.rollups))
         _interval("chunk_time_interval", self.chunk_time_interval, optional=False)
         _interval("compress_after", self.compress_after, optional=True)
         _interval("drop_after", self.drop_after, optional=True)

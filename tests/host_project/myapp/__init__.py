@@ -1,0 +1,1 @@
+"""A host application ("myapp") that embeds the signals table (the host-project suite's fixture)."""
