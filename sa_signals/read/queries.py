@@ -441,28 +441,29 @@ def _summary(rows: Sequence[Any]) -> SignalSummary:
 
 def _buckets(integer_start: bool) -> Callable[[Sequence[Any]], list[SignalBucket]]:
     first_us = (_FIRST_INSTANT - _EPOCH) // timedelta(microseconds=1)
+    scale_up = SCALE_UP
 
     def finish(rows: Sequence[Any]) -> list[SignalBucket]:
         out: list[SignalBucket] = []
-        for start, count, low, high, last, large, small_mean, large_mean in rows:
+        for start, count, low, high, last, small_sum, large_sum in rows:
             bucket = (
                 _EPOCH + timedelta(microseconds=max(start, first_us))
                 if integer_start
                 else _utc(start)
             )
-            count = int(count)
-            if large:
-                mean, _ = _mean_and_stddev(count, int(large), small_mean, None, large_mean, None)
+            if large_sum is None:
+                mean = small_sum / count  # the database's own avg(): same sum, same division
             else:
-                mean = float(small_mean)
+                # Divided by the count before scaling up: no intermediate beyond the range.
+                mean = (small_sum or 0.0) / count + (large_sum / count) * scale_up
             out.append(
                 {
                     "bucket": bucket,  # type: ignore[typeddict-item]
                     "signal_count": count,
-                    "min_value": float(low),
-                    "max_value": float(high),
-                    "avg_value": mean,  # type: ignore[typeddict-item]
-                    "last_value": float(last),
+                    "min_value": low,
+                    "max_value": high,
+                    "avg_value": mean,
+                    "last_value": last,
                 }
             )
         return out
@@ -694,6 +695,7 @@ def _buckets_statement(table: Table, function: BucketFunction) -> Executable:
         # text: asyncpg would send that datetime as -infinity.
         first = bindparam("first_instant", _FIRST_INSTANT.isoformat(), type_=Text())
         start = func.greatest(source.bucket, cast(first, DateTime(timezone=True)))
+    # Each group's sum (the mean is sum / count): two filters a row, nothing to weigh.
     small, large = _magnitude_groups(source.value)
     return (
         select(
@@ -702,9 +704,8 @@ def _buckets_statement(table: Table, function: BucketFunction) -> Executable:
             func.min(source.value),
             func.max(source.value),
             last,
-            func.count().filter(large),
-            func.avg(source.value).filter(small),
-            func.avg(_scaled(source.value)).filter(large),
+            func.sum(source.value).filter(small),
+            func.sum(_scaled(source.value)).filter(large),
         )
         .group_by(source.bucket)
         .order_by(source.bucket)
