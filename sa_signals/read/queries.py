@@ -50,6 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import NullType
 
 from ..errors import InvalidQueryError
 
@@ -388,10 +389,18 @@ def _mean_and_stddev(
     return mean, stddev
 
 
+def _scaled_moments(values: Sequence[float]) -> tuple[int, float, float | None]:
+    """Count, mean and sample variance of ``values`` multiplied by :data:`SCALE_DOWN`."""
+    scaled = [value * SCALE_DOWN for value in values]
+    mean = math.fsum(scaled) / len(scaled)
+    m2 = math.fsum((value - mean) * (value - mean) for value in scaled)
+    return len(scaled), mean, (m2 / (len(scaled) - 1) if len(scaled) > 1 else None)
+
+
 def _metrics(sqlite: bool) -> Callable[[Sequence[Any]], SignalMetrics]:
     def finish(rows: Sequence[Any]) -> SignalMetrics:
         row: Sequence[Any] = rows[0] if rows else (0, *([None] * 10))
-        count, low, high, latest, earliest, last, large, *moments = row
+        count, low, high, latest, earliest, last, small_mean, small_spread, *large = row
         count = int(count or 0)
         if count == 0:
             return {
@@ -404,15 +413,21 @@ def _metrics(sqlite: bool) -> Callable[[Sequence[Any]], SignalMetrics]:
                 "latest_value": None,
                 "stddev_value": None,
             }
-        large = int(large or 0)
-        small_mean, small_spread, large_mean, large_spread = moments
         if sqlite:
-            # SQLite returned sums of squared deviations; make them sample variances.
-            small, n_large = count - large, large
+            # SQLite returned the large group's count and scaled mean, and each group's sum of
+            # squared deviations: make those sample variances.
+            n_large, large_mean, large_spread = large
+            n_large = int(n_large or 0)
+            small = count - n_large
             small_spread = small_spread / (small - 1) if small > 1 else None
             large_spread = large_spread / (n_large - 1) if n_large > 1 else None
+        elif large[0]:
+            # PostgreSQL returned the (rare) large values themselves.
+            n_large, large_mean, large_spread = _scaled_moments(large[0])
+        else:
+            n_large, large_mean, large_spread = 0, None, None
         mean, stddev = _mean_and_stddev(
-            count, large, small_mean, small_spread, large_mean, large_spread
+            count, n_large, small_mean, small_spread, large_mean, large_spread
         )
         return {
             "signal_count": count,
@@ -565,25 +580,26 @@ def _metrics_statement(table: Table, postgresql: bool) -> Executable:
     # The newest value through the (provider, symbol, name, ts DESC) index: one row read.
     latest_value = select(c.value).where(*series).order_by(c.ts.desc()).limit(1)
     small, large = _magnitude_groups(c.value)
-    scaled = _scaled(c.value)
     moments: list[ColumnElement[Any]]
     if postgresql:
-        # avg and var_samp of one group share one transition state (PostgreSQL's float8_accum,
-        # Youngs-Cramer: numerically stable).
+        # Two filters a row: avg and var_samp of the small group share one transition state
+        # (float8_accum, Youngs-Cramer: numerically stable); the values of the large group,
+        # none in any real series, come back as they are for Python to reduce exactly.
         moments = [
             func.avg(c.value).filter(small),
             func.var_samp(c.value).filter(small),
-            func.avg(scaled).filter(large),
-            func.var_samp(scaled).filter(large),
+            func.array_agg(c.value, type_=NullType()).filter(large),
         ]
     else:
         # No variance on SQLite: a second pass over the same rows gives each group's sum of
         # squared deviations from its mean (stable, unlike sum-of-squares formulas).
+        scaled = _scaled(c.value)
         small_mean = select(func.avg(c.value)).where(*series, small).scalar_subquery()
         large_mean = select(func.avg(scaled)).where(*series, large).scalar_subquery()
         moments = [
             small_mean,
             func.sum((c.value - small_mean) * (c.value - small_mean)).filter(small),
+            func.count().filter(large),
             large_mean,
             func.sum((scaled - large_mean) * (scaled - large_mean)).filter(large),
         ]
@@ -594,7 +610,6 @@ def _metrics_statement(table: Table, postgresql: bool) -> Executable:
         func.max(c.ts),
         func.min(c.ts),
         latest_value.scalar_subquery(),
-        func.count().filter(large),
         *moments,
     ).where(*series)
 
