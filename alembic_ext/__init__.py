@@ -16,6 +16,13 @@ release from 1.13 on. In ``env.py``::
 
 from __future__ import annotations
 
+try:
+    import alembic  # noqa: F401  (the guard: everything below needs it)
+except ImportError:
+    from sa_signals.errors import MissingDependencyError
+
+    raise MissingDependencyError("alembic", "alembic") from None
+
 from pathlib import Path
 
 from . import aggregates as _aggregates  # noqa: F401  (registers the aggregate operations)

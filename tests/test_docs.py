@@ -1,8 +1,13 @@
-"""The docs cannot rot: every ```python block of docs/*.md and README.md runs here.
+"""The docs cannot rot: every page's ```python blocks run, each page on its own, twice.
 
-Blocks of one page run in order in one namespace, in a temporary working directory. An HTML
-comment on the line before the fence (invisible on the site and on GitHub) says where a block
-runs; an info string after ``python`` (```` ```python postgres ````) does the same:
+A page is what a reader copies: its blocks, in order, in one namespace. Each page runs in a fresh
+interpreter state (a process forked from a runner that has only imported the libraries, so
+nothing a previous page did is visible) in a fresh working directory, then once more in the same
+directory and database schema, as a reader running the page again would. Pages are never
+concatenated. No two pages use the same SQLite file name.
+
+An HTML comment on the line before the fence (invisible on the site and on GitHub) says where a
+block runs; an info string after ``python`` (```` ```python postgres ````) does the same:
 
 - nothing: SQLite (files in the working directory);
 - ``<!-- run: postgres -->`` / ``<!-- run: timescale -->``: that tier, with the placeholder URL
@@ -16,10 +21,12 @@ dashboard is checked here too: valid JSON, the spec's metric queries, and SQL th
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +43,7 @@ PG_PLACEHOLDER = "postgresql://postgres@localhost/marketdata"
 TARGETS = {"sqlite", "postgres", "timescale", "fragment"}
 _FENCE = re.compile(r"^```(\S*)\s*(.*)$")
 _MARKER = re.compile(r"^<!--\s*(?:skip|run:\s*(\w+))\s*-->$")
+_SQLITE_FILE = re.compile(r"sqlite(?:\+\w+)?:///([^\"'\s)?]+)")
 
 
 @dataclass(frozen=True)
@@ -88,14 +96,102 @@ def _pages_with(target: str) -> list[object]:
     return [pytest.param(page, id=page.relative_to(ROOT).as_posix()) for page in pages]
 
 
-def _run(page: Path, target: str, url: str | None = None) -> None:
-    namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
-    for block in python_blocks(page):
-        if block.target != target:
-            continue
-        code = block.code if url is None else block.code.replace(PG_PLACEHOLDER, url)
-        where = f"{block.page.relative_to(ROOT)}:{block.line}"
-        exec(compile(code, where, "exec"), namespace)
+# -- running a page -------------------------------------------------------------------------
+
+#: Reads one JSON request per line ({"blocks": [[where, code], ...], "cwd": ..., "log": ...}),
+#: runs it in a forked child (fresh state, libraries already imported) and answers with the
+#: child's exit status. Output and traceback go to the request's log file.
+_RUNNER = """
+import json, os, sys, traceback, warnings
+import sa_signals, sqlalchemy.ext.asyncio  # imported once; a page still imports what it uses
+
+def run(request):
+    os.chdir(request["cwd"])
+    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    warnings.simplefilter("error")
+    warnings.filterwarnings("ignore", message=".*unclosed.*", category=ResourceWarning)
+    namespace = {"__name__": "__main__"}
+    try:
+        for where, code in request["blocks"]:
+            exec(compile(code, where, "exec"), namespace)
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        status = run(request)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(wait_status), flush=True)
+"""
+
+
+class PageRunner:
+    """Runs pages in fresh forked processes of one long-lived runner."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _RUNNER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+
+    def run(self, page: Path, target: str, cwd: Path, url: str | None, attempt: str) -> None:
+        """Run the ``target`` blocks of ``page`` in ``cwd``; fail with the page's traceback."""
+        blocks = [
+            [
+                f"{block.page.relative_to(ROOT)}:{block.line}",
+                block.code if url is None else block.code.replace(PG_PLACEHOLDER, url),
+            ]
+            for block in python_blocks(page)
+            if block.target == target
+        ]
+        log = cwd.parent / f"{cwd.name}.{attempt.split()[0]}.log"
+        assert self.process.stdin is not None and self.process.stdout is not None
+        request = {"blocks": blocks, "cwd": str(cwd), "log": str(log)}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        status = int(self.process.stdout.readline())
+        if status != 0:
+            where = f"{page.name} ({target}), {attempt}"
+            pytest.fail(f"{where} failed:\n{log.read_text()}", pytrace=False)
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def runner() -> Iterator[PageRunner]:
+    if not hasattr(os, "fork"):
+        pytest.skip("the page runner forks a fresh process per page (POSIX)")
+    page_runner = PageRunner()
+    yield page_runner
+    page_runner.close()
+
+
+def run_twice(
+    runner: PageRunner, page: Path, target: str, tmp_path: Path, url: str | None = None
+) -> None:
+    """The page alone in a fresh directory, then again in the same directory."""
+    cwd = tmp_path / "page"
+    cwd.mkdir()
+    runner.run(page, target, cwd, url, "first run, in a fresh directory")
+    runner.run(page, target, cwd, url, "second run, in the same directory")
+
+
+# -- tests ----------------------------------------------------------------------------------
 
 
 def test_every_block_has_a_known_target() -> None:
@@ -108,27 +204,35 @@ def test_every_block_has_a_known_target() -> None:
     assert {b.target for b in ALL_BLOCKS} >= {"sqlite", "postgres", "timescale"}
 
 
+def test_no_two_pages_share_a_sqlite_file() -> None:
+    users: dict[str, set[str]] = {}
+    for block in ALL_BLOCKS:
+        for name in _SQLITE_FILE.findall(block.code):
+            users.setdefault(Path(name).name, set()).add(block.page.name)
+    shared = {name: sorted(pages) for name, pages in users.items() if len(pages) > 1}
+    assert not shared, f"SQLite files used by several pages: {shared}"
+
+
 @pytest.mark.sqlite
 @pytest.mark.parametrize("page", _pages_with("sqlite"))
-def test_sqlite_snippets(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    _run(page, "sqlite")
+def test_sqlite_page_runs_alone_twice(page: Path, runner: PageRunner, tmp_path: Path) -> None:
+    run_twice(runner, page, "sqlite", tmp_path)
 
 
 @pytest.mark.parametrize("page", _pages_with("postgres"))
-def test_postgres_snippets(
-    page: Path, postgres_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_postgres_page_runs_alone_twice(
+    page: Path, runner: PageRunner, postgres_db: Database, tmp_path: Path
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    _run(page, "postgres", postgres_db.url.render_as_string(hide_password=False))
+    url = postgres_db.url.render_as_string(hide_password=False)
+    run_twice(runner, page, "postgres", tmp_path, url)
 
 
 @pytest.mark.parametrize("page", _pages_with("timescale"))
-def test_timescale_snippets(
-    page: Path, timescale_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_timescale_page_runs_alone_twice(
+    page: Path, runner: PageRunner, timescale_db: Database, tmp_path: Path
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    _run(page, "timescale", timescale_db.url.render_as_string(hide_password=False))
+    url = timescale_db.url.render_as_string(hide_password=False)
+    run_twice(runner, page, "timescale", tmp_path, url)
 
 
 # -- Grafana dashboard ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Engine, Table, event
 from sqlalchemy.engine import URL, Dialect
 
-from ..engine import async_engine, normalize_url, sync_engine
+from ..engine import _check_driver, async_engine, is_async_engine, normalize_url, sync_engine
 from ..errors import ClientStateError, ConfigurationError
 from ..status import StorageStats, storage_stats
 from .direct import DirectRunner
@@ -172,7 +172,8 @@ class SignalsQueryClient:
         if not self._owns_engine and engine_kwargs:
             raise ConfigurationError("engine options cannot be applied to an existing Engine")
         if not isinstance(uri, Engine):
-            normalize_url(uri)  # a bad URI fails here, not at the first entry
+            # A bad URI or a missing driver fails here; the engine is made on first entry.
+            _check_driver(normalize_url(uri), asynchronous=False)
         self._uri = uri
         self._engine_kwargs = engine_kwargs
         self._engine: Engine | None = None
@@ -318,14 +319,13 @@ class AsyncSignalsQueryClient:
         table: Table | None = None,
         **engine_kwargs: Any,
     ) -> None:
-        from sqlalchemy.ext.asyncio import AsyncEngine
-
         self.table = table if table is not None else _default_table()
-        self._owns_engine = not isinstance(uri, AsyncEngine)
+        self._owns_engine = not is_async_engine(uri)
         if not self._owns_engine and engine_kwargs:
             raise ConfigurationError("engine options cannot be applied to an existing AsyncEngine")
-        if not isinstance(uri, AsyncEngine):
-            normalize_url(uri, asynchronous=True)
+        if self._owns_engine:
+            # A bad URI or a missing driver fails here; the engine is made on first entry.
+            _check_driver(normalize_url(uri, asynchronous=True), asynchronous=True)  # type: ignore[arg-type]
         self._uri = uri
         self._engine_kwargs = engine_kwargs
         self._engine: AsyncEngine | None = None
@@ -336,9 +336,7 @@ class AsyncSignalsQueryClient:
     def engine(self) -> AsyncEngine:
         """The engine: the one given, or the client's own (made on first entry, then kept)."""
         if self._engine is None:
-            from sqlalchemy.ext.asyncio import AsyncEngine
-
-            if isinstance(self._uri, AsyncEngine):
+            if is_async_engine(self._uri):
                 self._engine = self._uri
             else:
                 self._engine = async_engine(self._uri, **_engine_options(self._engine_kwargs))

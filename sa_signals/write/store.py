@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from ..engine import async_engine, sync_engine
+from ..engine import async_engine, is_async_engine, sync_engine
 from ..errors import ClientStateError, ConfigurationError, WriteError
 from ..metrics import write_metrics
 from ..result import WriteResult
@@ -212,9 +212,7 @@ class AsyncSignalsStoreClient(_ClientBase):
     def engine(self) -> AsyncEngine:
         """The client's async engine (created on first use)."""
         if self._engine is None:
-            from sqlalchemy.ext.asyncio import AsyncEngine
-
-            if isinstance(self._uri, AsyncEngine):
+            if is_async_engine(self._uri):
                 self._engine = self._uri
             else:
                 self._engine = async_engine(self._uri, **self._engine_kwargs)
