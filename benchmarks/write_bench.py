@@ -1,18 +1,25 @@
-"""Write-path benchmark: the library's write paths against a hand-written psycopg COPY baseline.
+"""Write-path benchmark: the library's write paths against hand-written baselines.
 
-Usage: ``python benchmarks/write_bench.py [--rows 200000] [--repeat 3] [--dsn ...]``
+Usage: ``python benchmarks/write_bench.py [--rows 200000] [--repeat 5] [--dsn ...]``
 
 On one PostgreSQL (default ``postgresql://postgres@127.0.0.1:5432/bench_write``, created if
 missing), with the same signals (small metadata dicts) and the spec's table and indexes, each
 path writes into an empty table (first write) and then writes everything again (full replay):
 
-(a) baseline: hand-written psycopg binary COPY -> temp table -> diff-aware merge;
-(b) ``SignalsStoreClient`` (COPY path), (c) ``AsyncSignalsStoreClient`` on asyncpg,
-(d) the executemany path (``batch_threshold`` above the batch size),
+(n) naive psycopg: binary COPY of every signal -> temp table -> ONE ``INSERT ... SELECT ... ON
+    CONFLICT DO UPDATE ... WHERE ... IS DISTINCT FROM`` (no validation, no dedupe, no sort);
+(m) naive asyncpg: the same with ``copy_records_to_table`` (binary jsonb codec);
+(a) the earlier baseline: psycopg COPY in ``--baseline-batch`` batches, each merged with
+    ``DISTINCT ON`` (deduplicated and key-ordered per batch);
+(b) ``SignalsStoreClient.write_signals`` with its DEFAULT batch_size (ratio to (n));
+(c) ``AsyncSignalsStoreClient.write_signals`` on asyncpg, default batch_size (ratio to (m));
+(d) the small-batch path (``batch_threshold`` above the call size, 1,000-signal calls);
 (e) 100-signal calls: p50/p95 latency per call.
 
-Prints rows/s (medians over ``--repeat`` runs) and each path's ratio to (a); then the peak RSS
-of a subprocess streaming ``--rss-rows`` signals from a generator.
+Every contender connects once, outside the timings; the contenders run interleaved in every
+round (so drift on a shared machine hits them alike) and the figures are medians over
+``--repeat`` rounds. Then the peak RSS of a subprocess streaming ``--rss-rows`` signals from a
+generator.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import resource
 import statistics
 import subprocess
@@ -28,7 +36,9 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
+from typing import Any
 
+import asyncpg
 import psycopg
 from prometheus_client import CollectorRegistry
 from psycopg.types.json import Jsonb
@@ -71,18 +81,70 @@ def ensure_database(dsn: str) -> None:
             conn.execute(f'CREATE DATABASE "{url.database}"')
 
 
+NAIVE_MERGE = """
+    INSERT INTO bench_signals AS t (provider, symbol, ts, name, value, score, metadata)
+    SELECT provider, symbol, ts, name, value, score, metadata FROM tmp_signals
+    ON CONFLICT (provider, symbol, ts, name) DO UPDATE
+    SET value = excluded.value, score = excluded.score, metadata = excluded.metadata
+    WHERE t.value IS DISTINCT FROM excluded.value
+       OR t.score IS DISTINCT FROM excluded.score
+       OR t.metadata IS DISTINCT FROM excluded.metadata
+"""
+NAIVE_STAGE = (
+    "CREATE TEMP TABLE tmp_signals (provider text, symbol text, ts timestamptz, name text, "
+    "value float8, score float8, metadata jsonb) ON COMMIT DROP"
+)
+NAIVE_COLUMNS = ("provider", "symbol", "ts", "name", "value", "score", "metadata")
+
+
+def _jsonb_binary(value: object) -> bytes:
+    return b"\x01" + json.dumps(value).encode()
+
+
 class Bench:
-    def __init__(self, dsn: str, rows: int, batch_size: int) -> None:
+    def __init__(self, dsn: str, rows: int, baseline_batch: int, batch_size: int | None) -> None:
         self.dsn = dsn
         self.libpq = (
             make_url(dsn).set(drivername="postgresql").render_as_string(hide_password=False)
         )
         self.rows = rows
-        self.batch_size = batch_size
+        self.baseline_batch = baseline_batch
+        self.batch = {} if batch_size is None else {"batch_size": batch_size}
         self.data = [make_signal(i) for i in range(rows)]
         self.engine = create_engine(make_url(dsn).set(drivername="postgresql+psycopg"))
         self.metadata = MetaData()
         self.table: Table = signals_table(self.metadata, "bench_signals", timescale=None)
+        # Every contender connects once, outside the timings.
+        self.loop = asyncio.new_event_loop()
+        self.psycopg = psycopg.connect(self.libpq)
+        self.asyncpg = self.loop.run_until_complete(self._asyncpg_connect())
+        self.sync = SignalsStoreClient(dsn, table=self.table, registry=CollectorRegistry())
+        self.sync.__enter__()
+        self.small = SignalsStoreClient(dsn, 10**9, table=self.table, registry=CollectorRegistry())
+        self.small.__enter__()
+        self.aclient = AsyncSignalsStoreClient(dsn, table=self.table, registry=CollectorRegistry())
+        self.loop.run_until_complete(self.aclient.__aenter__())
+
+    async def _asyncpg_connect(self) -> Any:
+        conn = await asyncpg.connect(self.libpq)
+        await conn.set_type_codec(
+            "jsonb",
+            encoder=_jsonb_binary,
+            decoder=lambda data: json.loads(data[1:]),
+            schema="pg_catalog",
+            format="binary",
+        )
+        return conn
+
+    def close(self) -> None:
+        self.sync.__exit__(None, None, None)
+        self.small.__exit__(None, None, None)
+        self.loop.run_until_complete(self.aclient.__aexit__(None, None, None))
+        self.loop.run_until_complete(self.asyncpg.close())
+        self.loop.close()
+        self.psycopg.close()
+        self.metadata.drop_all(self.engine)
+        self.engine.dispose()
 
     def reset(self) -> None:
         self.metadata.drop_all(self.engine)
@@ -94,6 +156,49 @@ class Bench:
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM bench_signals")).scalar_one())
+
+    # (n) ------------------------------------------------------------------------------------
+    def naive_psycopg(self) -> None:
+        types = ["text", "text", "timestamptz", "text", "float8", "float8", "jsonb"]
+        conn = self.psycopg
+        with conn.cursor() as cur:
+            cur.execute(NAIVE_STAGE)
+            with cur.copy(
+                f"COPY tmp_signals ({', '.join(NAIVE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(types)
+                for s in self.data:
+                    copy.write_row(
+                        (
+                            s.provider,
+                            s.symbol.upper(),
+                            s.ts,
+                            s.name,
+                            s.value,
+                            s.score,
+                            None if s.metadata is None else Jsonb(s.metadata),
+                        )
+                    )
+            cur.execute(NAIVE_MERGE)
+        conn.commit()
+
+    # (m) ------------------------------------------------------------------------------------
+    def naive_asyncpg(self) -> None:
+        async def run() -> None:
+            conn = self.asyncpg
+            async with conn.transaction():
+                await conn.execute(NAIVE_STAGE)
+                await conn.copy_records_to_table(
+                    "tmp_signals",
+                    records=(
+                        (s.provider, s.symbol.upper(), s.ts, s.name, s.value, s.score, s.metadata)
+                        for s in self.data
+                    ),
+                    columns=NAIVE_COLUMNS,
+                )
+                await conn.execute(NAIVE_MERGE)
+
+        self.loop.run_until_complete(run())
 
     # (a) ------------------------------------------------------------------------------------
     def baseline(self) -> None:
@@ -109,74 +214,59 @@ class Bench:
                OR t.metadata IS DISTINCT FROM excluded.metadata
         """
         types = ["int8", "text", "text", "timestamptz", "text", "float8", "float8", "jsonb"]
-        with psycopg.connect(self.libpq) as conn:
-            conn.execute(
-                "CREATE TEMP TABLE tmp_signals (ord bigint, provider text, symbol text, "
-                "ts timestamptz, name text, value float8, score float8, metadata jsonb) "
-                "ON COMMIT DROP"
-            )
-            data = self.data
-            for start in range(0, len(data), self.batch_size):
-                with conn.cursor() as cur:
-                    with cur.copy(
-                        "COPY tmp_signals (ord, provider, symbol, ts, name, value, score, "
-                        "metadata) FROM STDIN (FORMAT BINARY)"
-                    ) as copy:
-                        copy.set_types(types)
-                        for i in range(start, min(start + self.batch_size, len(data))):
-                            s = data[i]
-                            copy.write_row(
-                                (
-                                    i,
-                                    s.provider,
-                                    s.symbol.upper(),
-                                    s.ts,
-                                    s.name,
-                                    s.value,
-                                    s.score,
-                                    None if s.metadata is None else Jsonb(s.metadata),
-                                )
+        conn = self.psycopg
+        conn.execute(
+            "CREATE TEMP TABLE tmp_signals (ord bigint, provider text, symbol text, "
+            "ts timestamptz, name text, value float8, score float8, metadata jsonb) "
+            "ON COMMIT DROP"
+        )
+        data = self.data
+        for start in range(0, len(data), self.baseline_batch):
+            with conn.cursor() as cur:
+                with cur.copy(
+                    "COPY tmp_signals (ord, provider, symbol, ts, name, value, score, "
+                    "metadata) FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(types)
+                    for i in range(start, min(start + self.baseline_batch, len(data))):
+                        s = data[i]
+                        copy.write_row(
+                            (
+                                i,
+                                s.provider,
+                                s.symbol.upper(),
+                                s.ts,
+                                s.name,
+                                s.value,
+                                s.score,
+                                None if s.metadata is None else Jsonb(s.metadata),
                             )
-                    cur.execute(merge)
-                    cur.execute("TRUNCATE tmp_signals")
-            conn.commit()
+                        )
+                cur.execute(merge)
+                cur.execute("TRUNCATE tmp_signals")
+        conn.commit()
 
     # (b) ------------------------------------------------------------------------------------
     def sync_client(self) -> None:
-        with SignalsStoreClient(self.dsn, table=self.table, registry=CollectorRegistry()) as c:
-            c.write_signals(self.data, batch_size=self.batch_size)
-        c.close()
+        self.sync.write_signals(self.data, **self.batch)
 
     # (c) ------------------------------------------------------------------------------------
     def async_client(self) -> None:
-        async def run() -> None:
-            client = AsyncSignalsStoreClient(
-                self.dsn, table=self.table, registry=CollectorRegistry()
-            )
-            async with client:
-                await client.write_signals(self.data, batch_size=self.batch_size)
-            await client.aclose()
-
-        asyncio.run(run())
+        self.loop.run_until_complete(self.aclient.write_signals(self.data, **self.batch))
 
     # (d) ------------------------------------------------------------------------------------
     def executemany(self) -> None:
-        with SignalsStoreClient(
-            self.dsn, 10**9, table=self.table, registry=CollectorRegistry()
-        ) as client:
-            client.write_signals(self.data, batch_size=1000)
-        client.close()
+        for start in range(0, len(self.data), 1000):
+            self.small.write_signals(self.data[start : start + 1000])
 
     # (e) ------------------------------------------------------------------------------------
     def small_batches(self, calls: int) -> list[float]:
         latencies = []
-        with SignalsStoreClient(self.dsn, table=self.table, registry=CollectorRegistry()) as c:
-            for k in range(calls):
-                batch = [make_signal(i) for i in range(k * 100, k * 100 + 100)]
-                started = time.perf_counter()
-                c.write_signals(batch)
-                latencies.append(time.perf_counter() - started)
-        c.close()
+        for k in range(calls):
+            batch = [make_signal(i) for i in range(k * 100, k * 100 + 100)]
+            started = time.perf_counter()
+            self.sync.write_signals(batch)
+            latencies.append(time.perf_counter() - started)
         return latencies
 
 
@@ -214,15 +304,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=DEFAULT_DSN)
     parser.add_argument("--rows", type=int, default=200_000, help="signals per run")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per path (median)")
-    parser.add_argument("--batch-size", type=int, default=50_000, help="COPY batch size (a-c)")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds (medians)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="clients' batch_size (default: theirs)"
+    )
+    parser.add_argument("--baseline-batch", type=int, default=50_000, help="batches of (a)")
     parser.add_argument("--calls", type=int, default=500, help="100-signal calls for (e)")
     parser.add_argument("--rss-rows", type=int, default=2_000_000, help="0 to skip")
-    parser.add_argument("--skip-executemany", action="store_true")
+    parser.add_argument("--only", default="", help="comma-separated letters, e.g. n,b,m,c")
     parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
-        rss_child(args.rss_child, args.dsn, args.batch_size)
+        rss_child(args.rss_child, args.dsn, args.batch_size or 10_000)
         return
 
     ensure_database(args.dsn)
@@ -249,47 +342,70 @@ def main() -> None:
             f"{written / elapsed:,.0f} rows/s, peak RSS {peak:.0f} MB by getrusage "
             f"(after imports {before:.0f} MB), VmHWM {hwm:.0f} MB"
         )
-    bench = Bench(args.dsn, args.rows, args.batch_size)
-    paths: dict[str, Callable[[], None]] = {
-        "(a) baseline psycopg COPY+merge": bench.baseline,
-        "(b) SignalsStoreClient COPY": bench.sync_client,
-        "(c) AsyncSignalsStoreClient asyncpg": bench.async_client,
+    bench = Bench(args.dsn, args.rows, args.baseline_batch, args.batch_size)
+    paths: dict[str, tuple[str, Callable[[], None], str]] = {
+        "n": ("(n) naive psycopg COPY + one merge", bench.naive_psycopg, "n"),
+        "b": ("(b) SignalsStoreClient", bench.sync_client, "n"),
+        "m": ("(m) naive asyncpg COPY + one merge", bench.naive_asyncpg, "m"),
+        "c": ("(c) AsyncSignalsStoreClient (asyncpg)", bench.async_client, "m"),
+        "a": ("(a) psycopg COPY, DISTINCT ON per batch", bench.baseline, "n"),
+        "d": ("(d) small-batch upsert, 1,000 per call", bench.executemany, "n"),
     }
-    if not args.skip_executemany:
-        paths["(d) executemany upsert"] = bench.executemany
-    first: dict[str, list[float]] = {name: [] for name in paths}
-    replay: dict[str, list[float]] = {name: [] for name in paths}
+    if args.only:
+        keep = set(args.only.split(","))
+        paths = {key: value for key, value in paths.items() if key in keep}
+    first: dict[str, list[float]] = {key: [] for key in paths}
+    replay: dict[str, list[float]] = {key: [] for key in paths}
     for run in range(args.repeat):
-        # Interleave the contenders in each run so drift hits all of them alike.
-        for name, fn in paths.items():
+        # Interleave the contenders in each round so drift hits all of them alike; the first
+        # contender changes every round.
+        keys = list(paths)
+        keys = keys[run % len(keys) :] + keys[: run % len(keys)]
+        for key in keys:
+            name, fn, _ = paths[key]
             bench.reset()
-            first[name].append(timed(fn))
+            first[key].append(timed(fn))
             assert bench.count() == args.rows, name
-            replay[name].append(timed(fn))
+            replay[key].append(timed(fn))
             print(
-                f"run {run + 1}: {name}: first {first[name][-1]:.2f}s "
-                f"replay {replay[name][-1]:.2f}s",
+                f"round {run + 1}: {name}: first {first[key][-1]:.2f}s "
+                f"replay {replay[key][-1]:.2f}s",
                 file=sys.stderr,
             )
 
-    print(f"\n{args.rows} signals, batch size {args.batch_size}, medians of {args.repeat} runs")
-    print(f"{'path':38} {'first rows/s':>13} {'ratio':>6} {'replay rows/s':>14} {'ratio':>6}")
-    base_first = statistics.median(first["(a) baseline psycopg COPY+merge"])
-    base_replay = statistics.median(replay["(a) baseline psycopg COPY+merge"])
-    for name in paths:
-        f, r = statistics.median(first[name]), statistics.median(replay[name])
-        print(
-            f"{name:38} {args.rows / f:13,.0f} {base_first / f:6.2f} "
-            f"{args.rows / r:14,.0f} {base_replay / r:6.2f}"
-        )
+    batch = args.batch_size or "default (1000)"
+    print(
+        f"\n{args.rows} signals, clients' batch_size {batch}, medians of {args.repeat} rounds; "
+        "ratio = baseline time / contender time (>1: faster than the baseline)"
+    )
+    print(f"{'path':44} {'first rows/s':>13} {'ratio':>6} {'replay rows/s':>14} {'ratio':>6}  vs")
+    for key, (name, _, base) in paths.items():
+        f, r = statistics.median(first[key]), statistics.median(replay[key])
+        if base in first:
+            bf, br = statistics.median(first[base]), statistics.median(replay[base])
+            ratios = f"{bf / f:6.2f} {args.rows / r:14,.0f} {br / r:6.2f}  ({base})"
+        else:
+            ratios = f"{'-':>6} {args.rows / r:14,.0f} {'-':>6}"
+        print(f"{name:44} {args.rows / f:13,.0f} {ratios}")
+    # Per-round ratios of the clients to their baselines (paired within a round).
+    for key, base in (("b", "n"), ("c", "m")):
+        if key in first and base in first:
+            pf = [b / c for b, c in zip(first[base], first[key], strict=True)]
+            pr = [b / c for b, c in zip(replay[base], replay[key], strict=True)]
+            print(
+                f"{paths[key][0]}: per-round ratio to ({base}) first "
+                f"{' '.join(f'{x:.2f}' for x in pf)} (median {statistics.median(pf):.2f}); "
+                f"replay {' '.join(f'{x:.2f}' for x in pr)} (median {statistics.median(pr):.2f})"
+            )
 
-    bench.reset()
-    latencies = sorted(bench.small_batches(args.calls))
-    p50 = statistics.median(latencies) * 1000
-    p95 = latencies[int(len(latencies) * 0.95) - 1] * 1000
-    print(f"(e) 100-signal calls x{args.calls}: p50 {p50:.2f} ms, p95 {p95:.2f} ms")
+    if args.calls:
+        bench.reset()
+        latencies = sorted(bench.small_batches(args.calls))
+        p50 = statistics.median(latencies) * 1000
+        p95 = latencies[int(len(latencies) * 0.95) - 1] * 1000
+        print(f"(e) 100-signal calls x{args.calls}: p50 {p50:.2f} ms, p95 {p95:.2f} ms")
 
-    bench.metadata.drop_all(bench.engine)
+    bench.close()
 
 
 if __name__ == "__main__":

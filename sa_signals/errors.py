@@ -75,8 +75,30 @@ class ClientStateError(SignalsError, RuntimeError):
 
 
 class WriteError(SignalsError):
-    """A write failed in the database; the transaction was rolled back and nothing was kept."""
+    """A write failed in the database or on the way to it; nothing of the call was kept.
+
+    Raised by every public write call (clients and repositories) for database, driver,
+    connection and pool failures; the original error is ``__cause__``. A store client's call
+    was rolled back whole; a repository's call was rolled back to its savepoint, so the
+    caller's transaction and its earlier work are intact and usable.
+
+    ``sqlstate`` is the server's SQLSTATE when there is one (``"57014"`` for a statement
+    timeout, ``"40P01"`` for a deadlock, ...); ``connection_lost`` tells that the connection
+    broke or could not be opened (the pool discards it).
+    """
+
+    def __init__(
+        self, message: str, *, sqlstate: str | None = None, connection_lost: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.connection_lost = connection_lost
 
 
 class QueryError(SignalsError):
-    """A query failed in the database or could not run; the driver's error is the __cause__."""
+    """A read failed in the database or on the way to it (server unreachable, missing table,
+    statement timeout, ...); the driver's or SQLAlchemy's error is ``__cause__``.
+
+    The query side's counterpart of :class:`WriteError`; invalid arguments raise
+    :class:`InvalidQueryError` instead.
+    """

@@ -7,18 +7,24 @@
   ``updated``, ``unchanged``).
 
 :func:`write_metrics` returns one :class:`WriteMetrics` per registry (default: prometheus'
-global ``REGISTRY``), so creating many clients or repositories, or re-importing this module,
-never registers a name twice ("Duplicated timeseries").
+global ``REGISTRY``), so creating many clients or repositories, or reloading this module,
+never registers a name twice ("Duplicated timeseries"). If the registry already holds a
+collector with one of these names that sa_signals did not register (another library's, with
+other labels), creating the metrics raises :class:`~sa_signals.errors.ConfigurationError`
+then, never later. Recording never raises: a write that succeeded is never reported as failed
+because of its metrics (a recording error is logged on the ``sa_signals.metrics`` logger).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
+from .errors import ConfigurationError
 from .result import WriteResult
 
 __all__ = ["WriteMetrics", "write_metrics"]
@@ -45,75 +51,106 @@ LATENCY_BUCKETS = (
     30.0,
 )
 
+logger = logging.getLogger(__name__)
+
+_Collectors = tuple[Any, Any, Any]
 _lock = threading.Lock()
+# The collectors sa_signals registered, per registry. importlib.reload() runs this module
+# again in the same namespace: keep the mapping it already holds, or every name would be
+# registered a second time.
+_registered: weakref.WeakKeyDictionary[CollectorRegistry, _Collectors] = (
+    globals().get("_registered") or weakref.WeakKeyDictionary()
+)
 _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, WriteMetrics] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _existing(registry: CollectorRegistry, name: str) -> Any:
-    # A collector of this name is already registered (this module was imported again, e.g. by
-    # importlib.reload): reuse it. prometheus_client offers no public lookup by name.
-    return registry._names_to_collectors[name]
-
-
-def _get_or_create(factory: type, registry: CollectorRegistry, name: str, **kwargs: Any) -> Any:
+def _register(registry: CollectorRegistry) -> _Collectors:
+    made: list[Any] = []
     try:
-        return factory(name, registry=registry, **kwargs)
-    except ValueError:
-        return _existing(registry, name)
+        made.append(
+            Counter(
+                WRITTEN,
+                "Signals written, by method (UPSERT/COPY) and status",
+                labelnames=("method", "status"),
+                registry=registry,
+            )
+        )
+        made.append(
+            Histogram(
+                LATENCY,
+                "Latency of signal writes in seconds, by method",
+                labelnames=("method",),
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            )
+        )
+        made.append(
+            Counter(
+                ROWS,
+                "Rows by outcome of signal writes (inserted/updated/unchanged)",
+                labelnames=("outcome",),
+                registry=registry,
+            )
+        )
+    except ValueError as exc:
+        for collector in made:  # leave the registry as it was
+            registry.unregister(collector)
+        raise ConfigurationError(
+            f"the prometheus registry already has a collector named like sa_signals' write "
+            f"metrics ({WRITTEN}_total, {LATENCY}, {ROWS}_total) that sa_signals did not "
+            f"register ({exc}); pass registry=CollectorRegistry() (or another registry) to the "
+            "client or repository, or remove that collector"
+        ) from exc
+    return made[0], made[1], made[2]
 
 
 class WriteMetrics:
     """The three write metrics on one registry; use :func:`write_metrics` to get one."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, collectors: _Collectors) -> None:
         self.registry = registry
-        self.written = _get_or_create(
-            Counter,
-            registry,
-            WRITTEN,
-            documentation="Signals written, by method (UPSERT/COPY) and status",
-            labelnames=("method", "status"),
-        )
-        self.latency = _get_or_create(
-            Histogram,
-            registry,
-            LATENCY,
-            documentation="Latency of signal writes in seconds, by method",
-            labelnames=("method",),
-            buckets=LATENCY_BUCKETS,
-        )
-        self.rows = _get_or_create(
-            Counter,
-            registry,
-            ROWS,
-            documentation="Rows by outcome of signal writes (inserted/updated/unchanged)",
-            labelnames=("outcome",),
-        )
+        self.written, self.latency, self.rows = collectors
 
     def success(self, result: WriteResult, seconds: float) -> None:
-        """Record a committed write."""
+        """Record a committed write (never raises)."""
         method = result.method
         if method is None:
             return
-        self.written.labels(method, "success").inc(result.received)
-        self.latency.labels(method).observe(seconds)
-        self.rows.labels("inserted").inc(result.inserted)
-        self.rows.labels("updated").inc(result.updated)
-        self.rows.labels("unchanged").inc(result.unchanged)
+        try:
+            self.written.labels(method, "success").inc(result.received)
+            self.latency.labels(method).observe(seconds)
+            self.rows.labels("inserted").inc(result.inserted)
+            self.rows.labels("updated").inc(result.updated)
+            self.rows.labels("unchanged").inc(result.unchanged)
+        except Exception:
+            logger.exception("could not record the metrics of a successful signal write")
 
     def failure(self, method: str, signals: int, seconds: float) -> None:
-        """Record a write that failed (and was rolled back); ``signals`` read so far."""
-        self.written.labels(method, "failure").inc(signals)
-        self.latency.labels(method).observe(seconds)
+        """Record a write that failed (nothing of it was kept); ``signals``: what it was given.
+
+        Never raises.
+        """
+        try:
+            self.written.labels(method, "failure").inc(signals)
+            self.latency.labels(method).observe(seconds)
+        except Exception:
+            logger.exception("could not record the metrics of a failed signal write")
 
 
 def write_metrics(registry: CollectorRegistry | None = None) -> WriteMetrics:
-    """The :class:`WriteMetrics` of ``registry`` (prometheus' default registry if None)."""
+    """The :class:`WriteMetrics` of ``registry`` (prometheus' default registry if None).
+
+    Raises :class:`~sa_signals.errors.ConfigurationError` when the registry holds a
+    collector of the same name that sa_signals did not register.
+    """
     registry = REGISTRY if registry is None else registry
     with _lock:
         metrics = _by_registry.get(registry)
         if metrics is None:
-            metrics = _by_registry[registry] = WriteMetrics(registry)
+            collectors = _registered.get(registry)
+            if collectors is None:
+                collectors = _registered[registry] = _register(registry)
+            metrics = _by_registry[registry] = WriteMetrics(registry, collectors)
         return metrics

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.pool import NullPool
 
-from sa_signals import AsyncSignalRepository, SignalRepository
+from sa_signals import (
+    AsyncSignalRepository,
+    SignalMixin,
+    SignalQueryRepository,
+    SignalRepository,
+    SignalsQueryClient,
+    SignalsStoreClient,
+)
 
 from .conftest import Database
-from .test_write_helpers import BASE, signals
+from .test_write_helpers import BASE, expected, signals, stored
 
 
 def test_repository_reads_its_own_uncommitted_writes(db: Database) -> None:
@@ -45,3 +55,46 @@ async def test_async_repository_reads_its_own_writes(db: Database) -> None:
             assert metrics["latest_ts"] == BASE.replace(second=2)
     finally:
         await engine.dispose()
+
+
+def _model(db: Database) -> tuple[type[DeclarativeBase], type[Any]]:
+    """A host's own declarative base and signals model, created in this test's schema."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class ModelSignal(SignalMixin, Base):  # type: ignore[misc]
+        __tablename__ = "model_signals"
+        __table_schema__ = db.schema
+        __timescale__ = None
+
+    Base.metadata.create_all(db.engine)
+    return Base, ModelSignal
+
+
+def test_a_mapped_class_is_accepted_wherever_a_table_is(db: Database) -> None:
+    _, model = _model(db)
+    registry = CollectorRegistry()
+    pool = {"poolclass": NullPool} if db.tier == "timescale" else {}
+    with Session(db.engine) as session:
+        assert SignalRepository(session, model).upsert(signals(2)).inserted == 2
+        session.commit()
+    with SignalsStoreClient(db.url, table=model, registry=registry, **pool) as client:
+        assert client.upsert(signals(3)).inserted == 1
+    with SignalsQueryClient(db.url, table=model, **pool) as reader:
+        assert len(reader.get_latest_signals("ibkr_primary", "SPY")) == 3
+    with Session(db.engine) as session:
+        assert (
+            len(SignalQueryRepository(session, model).get_latest_signals("ibkr_primary", "SPY"))
+            == 3
+        )
+    assert stored(db, model.__table__) == expected(signals(3))
+
+
+def test_session_with_several_binds_writes_through_the_models_bind(db: Database) -> None:
+    base, model = _model(db)
+    with Session(binds={base: db.engine}) as session:
+        repository = SignalRepository(session, model)
+        assert repository.upsert(signals(3)).inserted == 3
+        session.commit()
+    assert stored(db, model.__table__) == expected(signals(3))

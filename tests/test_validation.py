@@ -6,7 +6,7 @@ import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sa_signals import InvalidSignalError, Signal
-from sa_signals.write.validation import validate_signal, validate_signals
+from sa_signals.write.validation import RowStats, validate_signal, validate_signals
 
 TS = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
 
@@ -185,3 +185,103 @@ def test_metadata_keys_and_unicode_serialise_like_json_dumps() -> None:
     assert text is not None
     assert json.loads(text) == metadata
     assert text == json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+
+
+class _UnknownOffset(tzinfo):
+    """A tzinfo that does not know its offset: the datetime is naive (``utcoffset()`` None)."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        return None
+
+
+EDGE_BAD = [
+    # UTC value outside the datetimes anyone can read back (years 1 to 9999).
+    ("ts", datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))), "outside the range"),
+    ("ts", datetime(1, 1, 1, 2, tzinfo=timezone(timedelta(hours=5))), "outside the range"),
+    ("ts", datetime(2024, 5, 1, tzinfo=_UnknownOffset()), "naive"),
+    ("value", 10**400, "finite"),
+    ("value", Decimal("sNaN"), "finite"),
+    ("value", Decimal("1e400"), "finite"),
+    ("score", -(10**400), "finite"),
+    ("provider", "a\ud800", "Unicode"),
+    ("symbol", "\udfff", "Unicode"),
+    ("name", "x\ud83dy", "Unicode"),
+    ("metadata", {"k": "a\ud800"}, "Unicode"),
+    ("metadata", {"k\udc00": 1}, "Unicode"),
+    ("metadata", {"deep": [{"k": "\ud800"}]}, "Unicode"),
+    ("metadata", {1: "x", "1": "y"}, "keys must be strings"),
+    ("metadata", {"nested": {2: "x"}}, "keys must be strings"),
+    ("metadata", {"list": [{None: 1}]}, "keys must be strings"),
+    ("metadata", OrderedDict([(1.5, "x")]), "keys must be strings"),
+    ("metadata", {"k\x00": 1}, "NUL"),
+    ("metadata", {"deep": ["a\x00"]}, "NUL"),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"), EDGE_BAD, ids=[f"{f}-{v!r:.40}" for f, v, _ in EDGE_BAD]
+)
+def test_edge_values_are_invalid_signals(field: str, value: Any, message: str) -> None:
+    items = [good(), good(), good(**{field: value})]
+    with pytest.raises(InvalidSignalError) as info:
+        list(validate_signals(items))
+    assert (info.value.index, info.value.field) == (2, field)
+    assert message in str(info.value)
+
+
+def test_escaped_backslash_u0000_is_text_not_a_nul() -> None:
+    metadata = {"path": "C:\\u0000dir", "windows\\u0000": ["\\\\u0000"]}
+    text = validate_signal(0, good(metadata=metadata))[7]
+    assert text is not None and json.loads(text) == metadata
+
+
+def test_timestamps_become_the_same_utc_instant_whatever_the_offset() -> None:
+    odd = [
+        timezone(timedelta(microseconds=1)),
+        timezone(timedelta(seconds=-30)),
+        timezone(timedelta(hours=5, minutes=30, seconds=15, microseconds=7)),
+    ]
+    for tz in odd:
+        local = TS.astimezone(tz)
+        ts = validate_signal(0, good(ts=local))[3]
+        assert ts == TS and ts.tzinfo is timezone.utc and type(ts) is datetime
+    edge = datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc)
+    assert validate_signal(0, good(ts=edge))[3] == edge
+
+
+def test_row_stats_see_order_and_duplicates() -> None:
+    def stats_of(items: list[dict[str, Any]], limit: int = 100) -> RowStats:
+        stats = RowStats(limit)
+        list(validate_signals(items, stats=stats))
+        return stats
+
+    ts = [TS + timedelta(seconds=i) for i in range(3)]
+    ordered = [good(ts=t, name=n) for t in ts for n in ("a", "b")]
+    stats = stats_of(ordered)
+    assert (stats.ordered, stats.duplicates, stats.count) == (True, 0, 6)
+    # Same instants, names out of order: unique but not ordered.
+    stats = stats_of([good(ts=t, name=n) for t in ts for n in ("b", "a")])
+    assert (stats.ordered, stats.duplicates) == (False, 0)
+    # A key repeated inside one instant is counted.
+    stats = stats_of([*ordered, good(ts=ts[2], name="a")])
+    assert (stats.ordered, stats.duplicates) == (False, 1)
+    # Time going back: duplicates cannot be counted in bounded memory.
+    stats = stats_of([*ordered, good(ts=ts[0], name="a")])
+    assert (stats.ordered, stats.duplicates) == (False, None)
+    # More keys at one instant than the limit: unknown as well.
+    stats = stats_of([good(ts=TS, name=str(i)) for i in range(5)], limit=3)
+    assert stats.duplicates is None
+
+
+def test_row_stats_count_what_was_read_when_validation_fails() -> None:
+    stats = RowStats(100)
+    items = [good(), good(value="x"), good()]
+    with pytest.raises(InvalidSignalError) as info:
+        list(validate_signals(items, stats=stats))
+    assert stats.count == 2 and stats.error is info.value

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
-from sa_signals import SignalRepository, SignalsStoreClient, WriteError
+from sa_signals import AsyncSignalsStoreClient, SignalRepository, SignalsStoreClient, WriteError
 
 from .conftest import Database
 from .test_write_helpers import BASE, expected, signal, signals, stored, sync_client
@@ -86,8 +86,8 @@ def test_many_copy_batches_in_one_call_then_a_new_transaction(postgres_db: Datab
         assert client.last_result.methods == ("COPY",)
         assert client.last_result.inserted == 999
         second = signals(250, start=900, value=2.0)
-        assert client.write_signals(second, batch_size=100) == 250  # COPY, COPY, UPSERT
-        assert client.last_result.methods == ("COPY", "UPSERT")
+        assert client.write_signals(second, batch_size=100) == 250  # 3 batches, one merge
+        assert client.last_result.methods == ("COPY",)
         assert (client.last_result.inserted, client.last_result.updated) == (
             151,
             99,
@@ -164,9 +164,11 @@ def test_backend_killed_mid_write(postgres_db: Database) -> None:
             db, batch_threshold=100, registry=registry, connect_args={"application_name": app}
         )
         with client:
-            with pytest.raises(WriteError):
+            with pytest.raises(WriteError) as info:
                 client.write_signals(stream())
-            assert _sample(registry, "COPY", "failure") == 2000
+            assert info.value.connection_lost
+            # A generator has no length: the failure counts the signals it was read for.
+            assert 1500 < _sample(registry, "COPY", "failure") <= 3000
             assert stored(db) == before  # nothing partial
             assert client.write_signals(signals(1500)) == 1500  # a fresh connection
         client.close()
@@ -274,3 +276,108 @@ def test_generator_of_200k_signals_streams_in_bounded_memory(postgres_db: Databa
     assert postgres_db.sql(f'SELECT count(*), max(value) FROM "{postgres_db.schema}".signals') == [
         (200_000, 199_999.0)
     ]
+
+
+def _plant_stage(db: Database) -> None:
+    """A table named like the staging table, first on the search path, holding one row."""
+    db.sql(
+        f'CREATE TABLE "{db.schema}".sa_signals_stage (ord bigint, provider text, symbol text, '
+        "ts timestamptz, name text, value float8, score float8, metadata text)"
+    )
+    db.sql(
+        f'INSERT INTO "{db.schema}".sa_signals_stage VALUES '
+        "(0, 'planted', 'EVIL', now(), 'n', 666, NULL, NULL)"
+    )
+
+
+@pytest.mark.parametrize("path", ["copy", "staged"])
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg", "psycopg-async", "psycopg2"])
+async def test_a_staging_table_on_the_search_path_is_never_used(
+    postgres_db: Database, driver: str, path: str
+) -> None:
+    db = postgres_db
+    _plant_stage(db)
+    # The planted schema first, pg_temp after it: unqualified names resolve to the plant.
+    search_path = {"options": f"-csearch_path={db.schema},pg_temp"}
+    options: dict[str, Any] = {"table": db.table, "registry": CollectorRegistry()}
+    batch_size = 1000
+    if path == "staged":  # below the COPY threshold but more than one batch: unnest inserts
+        options["batch_threshold"] = 10**9
+        batch_size = 500
+    items = signals(1500)
+    if driver in ("psycopg", "psycopg2"):
+        url = db.url.set(drivername=f"postgresql+{driver}")
+        with SignalsStoreClient(url, connect_args=search_path, **options) as client:
+            client.write_signals(items, batch_size=batch_size)
+            result = client.last_result
+            client.write_signals(items, batch_size=batch_size)
+            replay = client.last_result
+    else:
+        url = db.async_url if driver == "asyncpg" else db.url
+        settings = (
+            {"server_settings": {"search_path": f"{db.schema},pg_temp"}}
+            if driver == "asyncpg"
+            else search_path
+        )
+        async with AsyncSignalsStoreClient(url, connect_args=settings, **options) as aclient:
+            await aclient.write_signals(items, batch_size=batch_size)
+            result = aclient.last_result
+            await aclient.write_signals(items, batch_size=batch_size)
+            replay = aclient.last_result
+    assert result is not None and replay is not None
+    assert (result.inserted, result.updated, result.unchanged) == (1500, 0, 0)
+    assert (replay.inserted, replay.updated, replay.unchanged) == (0, 0, 1500)
+    assert stored(db) == expected(items)
+    assert db.sql(f'SELECT provider, value FROM "{db.schema}".sa_signals_stage') == [
+        ("planted", 666.0)
+    ]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["ordered", "unique-in-time-order", "duplicates-in-time-order", "shuffled-duplicates"],
+)
+@pytest.mark.parametrize("threshold", [10, 10**9], ids=["copy", "staged"])
+def test_one_merge_per_call_whatever_the_shape_of_the_input(
+    postgres_db: Database, shape: str, threshold: int
+) -> None:
+    names = ("a", "b", "c")
+    keys = [(second, name) for second in range(40) for name in names]  # write order
+    if shape == "unique-in-time-order":
+        keys = [(second, name) for second in range(40) for name in reversed(names)]
+    elif shape == "duplicates-in-time-order":
+        keys = [(second, name) for second in range(40) for name in (*names, "a")]
+    elif shape == "shuffled-duplicates":
+        keys = keys + keys[:30]
+        random.Random(5).shuffle(keys)
+    items = [
+        signal(0, ts=BASE + timedelta(seconds=second), name=name, value=float(i))
+        for i, (second, name) in enumerate(keys)
+    ]
+    distinct = len(set(keys))
+    with sync_client(postgres_db, batch_threshold=threshold) as client:
+        client.write_signals(items, batch_size=50)
+        first = client.last_result
+        assert first is not None
+        assert (first.received, first.inserted) == (len(items), distinct)
+        assert first.duplicates == len(items) - distinct
+        client.write_signals(items, batch_size=50)
+        replay = client.last_result
+        assert (replay.inserted, replay.updated, replay.unchanged) == (0, 0, distinct)
+        client.write_signals([signal(0, ts=BASE, name="a", value=-1.0)])
+        changed = client.last_result
+        assert (changed.updated, changed.unchanged) == (1, 0)
+    assert stored(postgres_db) == expected([*items, signal(0, ts=BASE, name="a", value=-1.0)])
+
+
+def test_driver_without_copy_stages_with_unnest(postgres_db: Database) -> None:
+    db = postgres_db
+    url = db.url.set(drivername="postgresql+psycopg2")
+    items = [*signals(2500), signal(7, value=9.0)]
+    with SignalsStoreClient(url, table=db.table, registry=CollectorRegistry()) as client:
+        result = client.upsert(items, batch_size=1000)  # 3 batches staged, one merge
+        assert result.methods == ("UPSERT",)
+        assert (result.inserted, result.duplicates) == (2500, 1)
+        small = client.upsert(signals(3, value=5.0))  # one batch: the direct upsert
+        assert (small.updated, small.unchanged) == (3, 0)
+    assert stored(db) == expected([*items, *signals(3, value=5.0)])

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
 from sa_signals import (
+    AsyncSignalsStoreClient,
     ClientStateError,
     InvalidSignalError,
     Signal,
     SignalRepository,
     SignalsStoreClient,
+    WriteResult,
 )
 
 from .conftest import Database
-from .test_write_helpers import BASE, expected, row_versions, signal, signals, stored, sync_client
+from .test_write_helpers import (
+    BASE,
+    NO_COPY,
+    async_client,
+    expected,
+    row_versions,
+    signal,
+    signals,
+    stored,
+    sync_client,
+)
 
 
 def test_roundtrip_every_field(db: Database) -> None:
@@ -215,3 +229,122 @@ def test_client_accepts_an_existing_engine(db: Database) -> None:
     with db.engine.connect() as conn:  # still usable: the client did not dispose it
         conn.execute(text("SELECT 1"))
     assert len(stored(db)) == 2
+
+
+def test_upsert_returns_the_counts_of_the_call(db: Database) -> None:
+    with sync_client(db) as client:
+        first = client.upsert(signals(4))
+        assert isinstance(first, WriteResult)
+        assert (first.received, first.inserted, first.method) == (4, 4, "UPSERT")
+        replay = client.upsert(signals(4))
+        assert (replay.inserted, replay.unchanged) == (0, 4)
+        assert client.last_result is replay
+        assert client.write_signals(signals(4)) == 4  # the spec's form still answers a count
+
+
+async def test_async_upsert_returns_the_counts_of_the_call(db: Database) -> None:
+    async with async_client(db) as client:
+        result = await client.upsert(signals(4))
+        assert (result.received, result.inserted) == (4, 4)
+        assert await client.write_signals(signals(4)) == 4
+
+
+@pytest.mark.parametrize("batch_size", [2, 3, 1000])
+def test_counts_are_exact_when_a_key_repeats_across_batches(db: Database, batch_size: int) -> None:
+    items = [*signals(5), signal(1, value=9.0), signal(2), signal(1, value=8.0)]
+    with sync_client(db) as client:
+        result = client.upsert(items, batch_size=batch_size)
+        assert (result.received, result.inserted, result.updated, result.unchanged) == (8, 5, 0, 0)
+        assert result.duplicates == 3
+        replay = client.upsert(items, batch_size=batch_size)
+        assert (replay.inserted, replay.updated, replay.unchanged, replay.duplicates) == (
+            0,
+            0,
+            5,
+            3,
+        )
+    assert stored(db) == expected(items)
+    assert (
+        stored(db)[("ibkr_primary", "SPY", BASE + timedelta(seconds=1), "vwap_cross_up")][0] == 8.0
+    )
+
+
+ODD_OFFSETS = [
+    timezone(timedelta(microseconds=1)),
+    timezone(timedelta(seconds=-30)),
+    timezone(timedelta(hours=13, minutes=59, seconds=59, microseconds=999_999)),
+]
+
+
+@pytest.mark.parametrize("threshold", [NO_COPY, 10], ids=["upsert", "copy"])
+def test_odd_utc_offsets_and_escaped_backslashes_round_trip_on_every_path(
+    db: Database, threshold: int
+) -> None:
+    if threshold == 10 and db.tier != "postgres":
+        pytest.skip("the COPY path is PostgreSQL's (not on the WebAssembly TimescaleDB server)")
+    instants = [BASE + timedelta(minutes=i) for i in range(12)]
+    items = [
+        signal(
+            i,
+            ts=instant.astimezone(ODD_OFFSETS[i % len(ODD_OFFSETS)]),
+            metadata={"path": "C:\\u0000dir", "i": i},
+        )
+        for i, instant in enumerate(instants)
+    ]
+    with sync_client(db, batch_threshold=threshold) as client:
+        result = client.upsert(items)
+        assert result.inserted == 12
+        assert client.upsert(items).unchanged == 12  # the same instants: nothing changes
+    held = stored(db)
+    assert sorted(key[2] for key in held) == instants
+    assert {value[2]["path"] for value in held.values()} == {"C:\\u0000dir"}
+
+
+def _pooled(db: Database) -> None:
+    if db.tier == "timescale":
+        pytest.skip("the WebAssembly TimescaleDB tier runs without a pool")
+
+
+def test_leaving_the_outermost_with_disposes_the_clients_own_pool(db: Database) -> None:
+    _pooled(db)
+    client = sync_client(db)
+    with client:
+        with client:
+            client.write_signals(signals(1))
+        assert client.engine.pool.checkedin() == 1  # an inner exit keeps the pool
+        client.write_signals(signals(1))
+    assert client.engine.pool.checkedin() == 0
+    with client:  # entered again: new connections
+        assert client.write_signals(signals(2)) == 2
+    client.close()
+    client.close()  # idempotent
+    assert client.engine.pool.checkedin() == 0
+
+
+def test_an_engine_given_to_a_client_is_never_disposed(db: Database) -> None:
+    _pooled(db)
+    with SignalsStoreClient(db.engine, table=db.table, registry=CollectorRegistry()) as client:
+        client.write_signals(signals(2))
+    client.close()
+    assert db.engine.pool.checkedin() >= 1
+
+
+async def test_async_client_lifecycle(db: Database) -> None:
+    _pooled(db)
+    client = async_client(db)
+    async with client:
+        async with client:
+            await client.write_signals(signals(1))
+        assert client.engine.sync_engine.pool.checkedin() == 1
+    assert client.engine.sync_engine.pool.checkedin() == 0
+    async with client:
+        assert await client.write_signals(signals(2)) == 2
+    await client.aclose()
+    await client.aclose()
+    given = create_async_engine(db.async_url)
+    try:
+        async with AsyncSignalsStoreClient(given, table=db.table) as aclient:
+            await aclient.write_signals(signals(1))
+        assert given.sync_engine.pool.checkedin() == 1
+    finally:
+        await given.dispose()

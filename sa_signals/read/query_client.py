@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL, Dialect
 
 from ..engine import _check_driver, async_engine, is_async_engine, normalize_url, sync_engine
 from ..errors import ClientStateError, ConfigurationError
+from ..schema.model import resolve_table
 from ..status import StorageStats, storage_stats
 from .direct import DirectRunner
 from .failures import driver_error, query_error
@@ -38,7 +39,7 @@ from .queries import (
     SignalRecord,
     SignalSummary,
 )
-from .query_repository import AsyncSignalQueryMethods, SignalQueryMethods, _default_table
+from .query_repository import AsyncSignalQueryMethods, SignalQueryMethods
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -164,10 +165,8 @@ class SignalsQueryClient:
     the client may be entered again. :meth:`close` releases that pool at any time (idempotent).
     """
 
-    def __init__(
-        self, uri: str | URL | Engine, *, table: Table | None = None, **engine_kwargs: Any
-    ) -> None:
-        self.table = table if table is not None else _default_table()
+    def __init__(self, uri: str | URL | Engine, *, table: Any = None, **engine_kwargs: Any) -> None:
+        self.table = resolve_table(table)
         self._owns_engine = not isinstance(uri, Engine)
         if not self._owns_engine and engine_kwargs:
             raise ConfigurationError("engine options cannot be applied to an existing Engine")
@@ -316,10 +315,10 @@ class AsyncSignalsQueryClient:
         self,
         uri: str | URL | AsyncEngine,
         *,
-        table: Table | None = None,
+        table: Any = None,
         **engine_kwargs: Any,
     ) -> None:
-        self.table = table if table is not None else _default_table()
+        self.table = resolve_table(table)
         self._owns_engine = not is_async_engine(uri)
         if not self._owns_engine and engine_kwargs:
             raise ConfigurationError("engine options cannot be applied to an existing AsyncEngine")

@@ -15,13 +15,13 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
-from ..schema.model import Signal
+from ..schema.model import resolve_table
 from .failures import driver_error, query_error
 from .queries import (
     TIMESCALE_PROBE,
@@ -96,11 +96,6 @@ def _bucket_plan(
         hours_back=hours_back,
         minutes_back=minutes_back,
     )
-
-
-def _default_table() -> Table:
-    table: Table = Signal.__table__
-    return table
 
 
 class SignalQueryMethods:
@@ -379,14 +374,14 @@ class SignalQueryRepository(SignalQueryMethods):
     ``table`` defaults to the default model's table (``Signal.__table__``).
     """
 
-    def __init__(self, session: Session | Connection, table: Table | None = None) -> None:
+    def __init__(self, session: Session | Connection, table: Any = None) -> None:
         self.session = session
-        self.table = table if table is not None else _default_table()
+        self.table = resolve_table(table)
 
 
 class AsyncSignalQueryRepository(AsyncSignalQueryMethods):
     """Read queries on an :class:`~sqlalchemy.ext.asyncio.AsyncSession` (same methods, awaited)."""
 
-    def __init__(self, session: AsyncSession | AsyncConnection, table: Table | None = None) -> None:
+    def __init__(self, session: AsyncSession | AsyncConnection, table: Any = None) -> None:
         self.session = session
-        self.table = table if table is not None else _default_table()
+        self.table = resolve_table(table)

@@ -33,6 +33,7 @@ __all__ = [
     "SIGNAL_COLUMNS",
     "Signal",
     "SignalMixin",
+    "resolve_table",
     "signals_metadata",
     "signals_table",
 ]
@@ -227,3 +228,20 @@ class Signal(SignalMixin, _SignalsBase):
     if TYPE_CHECKING:
         # The mixin declares FromClause as DeclarativeBase does; this one is a Table.
         __table__: ClassVar[Table]
+
+
+def resolve_table(table: Any = None) -> Table:
+    """The Core :class:`~sqlalchemy.Table` behind a ``table=`` argument.
+
+    Accepts a ``Table``, a mapped class or anything else with a ``__table__`` that is a
+    ``Table`` (``ModelSignal``), or ``None`` for the default model's table.
+    """
+    if table is None:
+        table = Signal
+    if not isinstance(table, Table):
+        table = getattr(table, "__table__", table)
+    if not isinstance(table, Table):
+        raise ConfigurationError(
+            f"table must be a sqlalchemy Table or a mapped class with __table__, got {table!r}"
+        )
+    return table

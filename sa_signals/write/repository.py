@@ -1,77 +1,58 @@
 """Session-scoped repositories that write signals: :class:`SignalRepository` (``Session``) and
 :class:`AsyncSignalRepository` (``AsyncSession``).
 
-They join the caller's transaction and never commit. Both run the same synchronous code (the
-async one through ``AsyncSession.run_sync``, as SQLAlchemy's own asyncio extension does); only
-the driver I/O of the COPY path differs (:mod:`sa_signals.write.copy`).
+They join the caller's transaction and never commit it. Each ``upsert`` runs inside a
+savepoint of its own on PostgreSQL (``Connection.begin_nested``): a call that fails (bad input
+found half-way through a COPY included) is rolled back to it, so the caller's earlier work is
+intact and its transaction usable. SQLite needs no savepoint: a failed statement there leaves
+the transaction usable, and the call's only write to the table is its last statement.
 
-Per batch: every signal of the batch is validated first (:mod:`sa_signals.write.validation`), then
-batches of at least ``batch_threshold`` signals on PostgreSQL (psycopg or asyncpg) go through
-binary COPY into a staging table and one merge statement; smaller batches, other drivers and
-SQLite use the executemany upsert, deduplicated (last occurrence wins) and sorted by primary key
-in Python. Counts come from the statements' own ``RETURNING``.
+The connection is the session's connection for the signals table: with several binds
+(``Session(binds={Base: engine})``) it is found from the mapped class or the table.
+
+Both run the same synchronous code (the async one through ``AsyncSession.run_sync``, as
+SQLAlchemy's own asyncio extension does); the algorithm is :mod:`sa_signals.write.writer`.
+
+``metrics=`` are recorded when the outcome is known: a call that fails counts as a failure at
+once; a call that succeeds counts as a success when the session's transaction commits, and as
+a failure if it is rolled back instead (a savepoint of the caller's that is rolled back
+included), using the session's ``after_commit`` / ``after_transaction_end`` events.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import time
-from collections.abc import Iterable, Sequence
-from itertools import islice
-from operator import itemgetter
+import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Connection, Table, func, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Table, event, inspect
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
 from ..errors import ConfigurationError
 from ..metrics import WriteMetrics, write_metrics
 from ..read.query_repository import AsyncSignalQueryMethods, SignalQueryMethods
-from ..result import COPY, UPSERT, WriteResult
-from ..schema.model import KEY_COLUMNS, Signal
-from .copy import copy_rows, supports_copy
-from .statements import merge_statement, stage_ddl, truncate_stage, upsert_statement
-from .validation import Row, validate_signals
+from ..result import WriteResult
+from ..schema.model import Signal, resolve_table
+from .writer import (
+    DEFAULT_MAX_TUPLES_DECOMPRESSED,
+    DEFAULT_STREAM_BATCH,
+    Progress,
+    Writer,
+    database_error,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
-    from sqlalchemy.sql.dml import Insert
-    from sqlalchemy.sql.elements import TextClause
 
 __all__ = ["DEFAULT_STREAM_BATCH", "AsyncSignalRepository", "SignalRepository"]
 
-#: Batch size for iterables without a length when no ``batch_size`` is given.
-DEFAULT_STREAM_BATCH = 10_000
-# Rows per key-existence query on SQLite (4 parameters each, far below SQLite's limit).
-_SQLITE_LOOKUP_CHUNK = 200
-_key = itemgetter(1, 2, 3, 4)
-_PARAM_NAMES = ("provider", "symbol", "ts", "name", "value", "score", "metadata")
-
-
-@functools.lru_cache(maxsize=128)
-def _upsert(table: Table, dialect_name: str) -> Insert:
-    return upsert_statement(table, dialect_name)
-
-
-@functools.lru_cache(maxsize=128)
-def _merge(table: Table, connection_dialect: Any) -> TextClause:
-    return merge_statement(table, connection_dialect)
-
-
-def _params(rows: Iterable[Row]) -> list[dict[str, Any]]:
-    return [
-        {
-            "provider": r[1],
-            "symbol": r[2],
-            "ts": r[3],
-            "name": r[4],
-            "value": r[5],
-            "score": r[6],
-            "metadata": r[7],
-        }
-        for r in rows
-    ]
+_Pending = list[tuple[WriteMetrics, WriteResult, float]]
+# Successful calls waiting for their session transaction's outcome.
+_pending: weakref.WeakKeyDictionary[SessionTransaction, _Pending] = weakref.WeakKeyDictionary()
 
 
 def _resolve_metrics(metrics: WriteMetrics | CollectorRegistry | None) -> WriteMetrics | None:
@@ -84,121 +65,120 @@ def _resolve_metrics(metrics: WriteMetrics | CollectorRegistry | None) -> WriteM
     )
 
 
-class _Writer:
-    """The write logic on a synchronous connection; shared by both repositories."""
+def _mapper_of(table: Any) -> Mapper[Any] | None:
+    if table is None:
+        table = Signal
+    found = inspect(table, raiseerr=False) if isinstance(table, type) else None
+    return found if isinstance(found, Mapper) else None
 
-    def __init__(self, table: Table | None, batch_threshold: int) -> None:
-        if table is None:
-            table = Signal.__table__
-        if not isinstance(table, Table):
-            raise ConfigurationError(f"table must be a sqlalchemy Table, got {table!r}")
-        if not isinstance(batch_threshold, int) or batch_threshold < 1:
-            raise ConfigurationError(f"batch_threshold must be a positive int: {batch_threshold!r}")
-        self.table = table
-        self.batch_threshold = batch_threshold
-        #: Method of the batch being written (for failure metrics) and signals read so far.
-        self.method = UPSERT
-        self.seen = 0
 
-    def write(
+def _on_commit(session: Session) -> None:
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:
+        return
+    entries = _pending.pop(transaction, None)
+    if not entries:
+        return
+    parent = transaction.parent
+    if parent is not None:  # a savepoint released: the outcome is its parent's
+        _pending.setdefault(parent, []).extend(entries)
+        return
+    for metrics, result, seconds in entries:
+        metrics.success(result, seconds)
+
+
+def _on_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    # Still pending at its end: the transaction was rolled back (or closed) without commit.
+    for metrics, result, seconds in _pending.pop(transaction, ()):
+        metrics.failure(result.method or "UPSERT", result.received, seconds)
+
+
+def _record_on_outcome(
+    session: Session, metrics: WriteMetrics, result: WriteResult, seconds: float
+) -> None:
+    if not event.contains(session, "after_commit", _on_commit):
+        event.listen(session, "after_commit", _on_commit)
+        event.listen(session, "after_transaction_end", _on_transaction_end)
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:  # pragma: no cover - the call itself began one
+        metrics.success(result, seconds)
+        return
+    _pending.setdefault(transaction, []).append((metrics, result, seconds))
+
+
+class _SessionWriter:
+    """Writes through a session: bind lookup, savepoint, metrics on the outcome."""
+
+    def __init__(
+        self,
+        table: Any,
+        batch_threshold: int,
+        metrics: WriteMetrics | CollectorRegistry | None,
+        max_tuples_decompressed: int | None,
+    ) -> None:
+        self.table: Table = resolve_table(table)
+        self.mapper = _mapper_of(table)
+        self.writer = Writer(self.table, batch_threshold, max_tuples_decompressed)
+        self.metrics = _resolve_metrics(metrics)
+        #: Method of the last call attempted.
+        self.method = "UPSERT"
+
+    def bind_arguments(self) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"clause": self.table}
+        if self.mapper is not None:
+            arguments["mapper"] = self.mapper
+        return arguments
+
+    def upsert(
         self, session: Session, signals: Iterable[Any], batch_size: int | None
     ) -> WriteResult:
-        if batch_size is None:
-            batch_size = len(signals) if isinstance(signals, Sequence) else DEFAULT_STREAM_BATCH
-            batch_size = max(batch_size, 1)
-        elif not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.method = UPSERT
-        self.seen = 0
-        rows = validate_signals(signals)
-        connection: Connection | None = None
-        copy_ok = False
-        stage_ready = False
-        received = inserted = changed = distinct = 0
-        methods: list[str] = []
-        while True:
-            # The whole batch is validated before any SQL for it is sent.
-            batch = list(islice(rows, batch_size))
-            if not batch:
-                break
-            self.seen += len(batch)
-            if connection is None:
-                connection = session.connection()
-                copy_ok = supports_copy(connection)
-            if copy_ok and len(batch) >= self.batch_threshold:
-                self.method = COPY
-                if not stage_ready:
-                    connection.execute(stage_ddl())
-                    stage_ready = True
-                copy_rows(connection, batch)
-                batch_distinct, batch_inserted, batch_changed = connection.execute(
-                    _merge(self.table, connection.dialect)
-                ).one()
-                connection.execute(truncate_stage())
-            else:
-                self.method = UPSERT
-                batch_distinct, batch_inserted, batch_changed = self._executemany(connection, batch)
-            if self.method not in methods:
-                methods.append(self.method)
-            received += len(batch)
-            distinct += batch_distinct
-            inserted += batch_inserted
-            changed += batch_changed
-        return WriteResult(
-            received, inserted, changed - inserted, distinct - changed, tuple(methods)
-        )
-
-    def _executemany(self, connection: Connection, batch: list[Row]) -> tuple[int, int, int]:
-        # Last occurrence wins (dict keeps the latest value), then primary-key order.
-        latest = {_key(row): row for row in batch}
-        # Sort the keys already built rather than extracting them again per row.
-        ordered = [latest[key] for key in sorted(latest)]
-        dialect_name = connection.dialect.name
-        statement = _upsert(self.table, dialect_name)
-        if dialect_name == "postgresql":
-            # Rows per statement: the engine's insertmanyvalues_page_size, as for VALUES lists.
-            page = connection.dialect.insertmanyvalues_page_size or len(ordered)
-            inserted = changed = 0
-            for start in range(0, len(ordered), page):
-                columns = list(zip(*ordered[start : start + page], strict=True))
-                arrays = {name: list(columns[i]) for i, name in enumerate(_PARAM_NAMES, 1)}
-                flags = connection.execute(statement, arrays).scalars().all()
-                inserted += sum(1 for flag in flags if flag)
-                changed += len(flags)
-            return len(ordered), inserted, changed
-        # SQLite has no xmax: count the keys that already exist, in the same transaction.
-        existed = self._count_existing(connection, list(latest))
-        changed = len(connection.execute(statement, _params(ordered)).all())
-        return len(ordered), len(ordered) - existed, changed
-
-    def _count_existing(self, connection: Connection, keys: list[tuple[Any, ...]]) -> int:
-        table = self.table
-        key = tuple_(*(table.c[name] for name in KEY_COLUMNS))
-        existed = 0
-        for start in range(0, len(keys), _SQLITE_LOOKUP_CHUNK):
-            chunk = keys[start : start + _SQLITE_LOOKUP_CHUNK]
-            existed += connection.execute(
-                select(func.count()).select_from(table).where(key.in_(chunk))
-            ).scalar_one()
-        return int(existed)
-
-    def write_recorded(
-        self,
-        session: Session,
-        signals: Iterable[Any],
-        batch_size: int | None,
-        metrics: WriteMetrics | None,
-    ) -> WriteResult:
-        """:meth:`write`, recording metrics (if any) as seen by this session."""
-        if metrics is None:
-            return self.write(session, signals, batch_size)
+        size = Writer.batch_size_for(signals, batch_size)
+        progress = Progress()
         started = time.perf_counter()
         try:
-            result = self.write(session, signals, batch_size)
+            connection = session.connection(bind_arguments=self.bind_arguments())
+            result = self._write(connection, signals, size, progress)
         except BaseException:
-            metrics.failure(self.method, self.seen, time.perf_counter() - started)
+            self.method = progress.method
+            if self.metrics is not None:
+                self.metrics.failure(
+                    progress.method, Writer.given(signals, progress), time.perf_counter() - started
+                )
             raise
-        metrics.success(result, time.perf_counter() - started)
+        self.method = progress.method
+        if self.metrics is not None:
+            _record_on_outcome(session, self.metrics, result, time.perf_counter() - started)
+        return result
+
+    def _write(
+        self, connection: Connection, signals: Iterable[Any], size: int, progress: Progress
+    ) -> WriteResult:
+        writer = self.writer
+        if connection.dialect.name == "sqlite":
+            return writer.write(connection, signals, size, own_transaction=False, progress=progress)
+        try:
+            savepoint = connection.begin_nested()
+        except BaseException as exc:
+            error = database_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+        try:
+            result = writer.write(
+                connection, signals, size, own_transaction=False, progress=progress
+            )
+        except BaseException:
+            # A broken connection cannot roll back either: report the call's own failure.
+            with contextlib.suppress(SQLAlchemyError):
+                savepoint.rollback()
+            raise
+        try:
+            savepoint.commit()
+        except BaseException as exc:
+            error = database_error(exc)
+            if error is None:
+                raise
+            raise error from exc
         return result
 
 
@@ -208,40 +188,47 @@ class SignalRepository(SignalQueryMethods):
     The read methods (``get_latest_signals``, ``get_signals_history``...) are those of
     :class:`~sa_signals.read.query_repository.SignalQueryRepository`.
 
-    ``table`` defaults to the library's ``signals`` table; ``batch_threshold`` is the batch size
-    from which PostgreSQL writes use COPY; ``metrics`` (a :class:`~sa_signals.metrics.WriteMetrics`
-    or a prometheus ``CollectorRegistry``) records each call when given. The repository joins the
-    session's transaction and never commits it: if ``upsert`` raises, roll the session back.
+    ``table``: the signals table, as a ``Table`` or a mapped class (default: the library's
+    ``Signal``). ``batch_threshold``: calls of at least this many signals are staged with COPY
+    on PostgreSQL. ``metrics`` (a :class:`~sa_signals.metrics.WriteMetrics` or a prometheus
+    ``CollectorRegistry``) records each call once the session's transaction commits or rolls
+    back. ``max_tuples_decompressed``: TimescaleDB's cap on tuples decompressed by the call's
+    statements, set for them and restored after (default 0: no cap; ``None``: leave it).
+    The repository joins the session's transaction and never commits it; a failed ``upsert``
+    leaves that transaction as it was before the call.
     """
 
     def __init__(
         self,
         session: Session,
-        table: Table | None = None,
+        table: Any = None,
         *,
         batch_threshold: int = 1000,
         metrics: WriteMetrics | CollectorRegistry | None = None,
+        max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
     ) -> None:
         self.session = session
         # The query mixin types ``session`` loosely (it also reads through a Connection).
         self._session = session
-        self._writer = _Writer(table, batch_threshold)
+        self._writer = _SessionWriter(table, batch_threshold, metrics, max_tuples_decompressed)
         self.table = self._writer.table
         self.batch_threshold = batch_threshold
-        self.metrics = _resolve_metrics(metrics)
+        self.metrics = self._writer.metrics
 
     def upsert(self, signals: Iterable[Any], *, batch_size: int | None = None) -> WriteResult:
-        """Validate and write ``signals``; the last occurrence of a key wins.
+        """Validate and write ``signals`` in one merge; the last occurrence of a key wins.
 
         ``batch_size`` bounds how many signals are held at once (default: all of a sequence,
-        or :data:`DEFAULT_STREAM_BATCH` of other iterables); each batch is validated whole
-        before any SQL for it is sent. Raises :class:`~sa_signals.errors.InvalidSignalError`.
+        or :data:`DEFAULT_STREAM_BATCH` of other iterables). Raises
+        :class:`~sa_signals.errors.InvalidSignalError` for bad input and
+        :class:`~sa_signals.errors.WriteError` for database failures; either way nothing of
+        the call is kept and the session's transaction is usable.
         """
-        return self._writer.write_recorded(self._session, signals, batch_size, self.metrics)
+        return self._writer.upsert(self._session, signals, batch_size)
 
     @property
     def last_method(self) -> str:
-        """Method of the last batch attempted (``"UPSERT"`` or ``"COPY"``)."""
+        """Method of the last call attempted (``"UPSERT"`` or ``"COPY"``)."""
         return self._writer.method
 
 
@@ -255,26 +242,25 @@ class AsyncSignalRepository(AsyncSignalQueryMethods):
     def __init__(
         self,
         session: AsyncSession,
-        table: Table | None = None,
+        table: Any = None,
         *,
         batch_threshold: int = 1000,
         metrics: WriteMetrics | CollectorRegistry | None = None,
+        max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
     ) -> None:
         self.session = session
         # The query mixin types ``session`` loosely (it also reads through a Connection).
         self._session = session
-        self._writer = _Writer(table, batch_threshold)
+        self._writer = _SessionWriter(table, batch_threshold, metrics, max_tuples_decompressed)
         self.table = self._writer.table
         self.batch_threshold = batch_threshold
-        self.metrics = _resolve_metrics(metrics)
+        self.metrics = self._writer.metrics
 
     async def upsert(self, signals: Iterable[Any], *, batch_size: int | None = None) -> WriteResult:
         """Validate and write ``signals``; see :meth:`SignalRepository.upsert`."""
-        return await self._session.run_sync(
-            self._writer.write_recorded, signals, batch_size, self.metrics
-        )
+        return await self._session.run_sync(self._writer.upsert, signals, batch_size)
 
     @property
     def last_method(self) -> str:
-        """Method of the last batch attempted (``"UPSERT"`` or ``"COPY"``)."""
+        """Method of the last call attempted (``"UPSERT"`` or ``"COPY"``)."""
         return self._writer.method

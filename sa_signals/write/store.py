@@ -1,11 +1,22 @@
 """The spec's writer clients: :class:`SignalsStoreClient` and :class:`AsyncSignalsStoreClient`.
 
 ``with SignalsStoreClient(uri) as client: client.write_signals(signals)``. Each call is one
-transaction (all or nothing). The engine and its pool are made once per client, on first entry,
-and kept across ``with`` blocks (entering again is cheap); ``close()`` / ``aclose()`` release
-them. A deadlock (``40P01``), a serialization failure (``40001``) or a lost connection is retried
-a bounded number of times (``max_attempts``) when the input can be read again (a list, tuple,
-...); a generator is never replayed, so its call fails instead.
+transaction (all or nothing), whatever engine the client is given: an engine in ``AUTOCOMMIT``
+mode (a query client's, or ``isolation_level="AUTOCOMMIT"``) gets a real transaction for each
+call all the same. The algorithm is :mod:`sa_signals.write.writer`: one merge per call, rows
+locked in one global order, so concurrent writers never deadlock one another.
+
+Lifecycle, the same for all four clients: the engine is made on first entry (from a URI; an
+engine passed in is used as is); leaving the outermost ``with`` / ``async with`` disposes the
+pool of an engine the client made (never one passed in); the client can be entered again;
+``close()`` / ``aclose()`` do the same and may be called any number of times.
+
+Every failure is :class:`~sa_signals.errors.InvalidSignalError` (bad input) or
+:class:`~sa_signals.errors.WriteError` (database, driver, connection, pool; the original is
+``__cause__``), except an exception raised by the caller's own iterable, which propagates as is.
+A deadlock (``40P01``), a serialization failure (``40001``), a lost connection or a server that
+cannot be reached is retried a bounded number of times (``max_attempts``) when the input can be
+read again (a list, tuple, ...); a generator is never replayed, so its call fails instead.
 """
 
 from __future__ import annotations
@@ -19,62 +30,99 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, Table
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ..engine import async_engine, is_async_engine, sync_engine
 from ..errors import ClientStateError, ConfigurationError, WriteError
 from ..metrics import write_metrics
 from ..result import WriteResult
-from .repository import _Writer
+from ..schema.model import resolve_table
+from .writer import (
+    DEFAULT_MAX_TUPLES_DECOMPRESSED,
+    Progress,
+    Writer,
+    check_batch_size,
+    database_error,
+)
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["RETRYABLE_SQLSTATES", "AsyncSignalsStoreClient", "SignalsStoreClient"]
 
 #: SQLSTATEs after which the whole call is retried: deadlock_detected, serialization_failure.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+_UNKNOWN = "unknown"
 
 
-def _sqlstate(exc: DBAPIError) -> str | None:
-    orig = exc.orig
-    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+def _retryable(error: WriteError) -> bool:
+    # The transaction was rolled back whole (or never began), so running it again is safe.
+    return error.connection_lost or error.sqlstate in RETRYABLE_SQLSTATES
 
 
-def _retryable(exc: DBAPIError) -> bool:
-    # A lost connection (the pool then discards it and its older siblings) or a deadlock /
-    # serialization failure: the transaction was rolled back whole, so running it again is safe.
-    return exc.connection_invalidated or _sqlstate(exc) in RETRYABLE_SQLSTATES
+def _connect_error(exc: BaseException) -> WriteError:
+    if isinstance(exc, PoolTimeoutError):
+        return WriteError(f"no connection available from the pool, nothing was kept: {exc}")
+    return WriteError(
+        f"cannot connect to the database, nothing was kept: {exc}", connection_lost=True
+    )
 
 
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+def _sqlalchemy_error(exc: SQLAlchemyError) -> WriteError:
+    return database_error(exc) or WriteError(f"writing signals failed, nothing was kept: {exc}")
+
+
+def _transaction_level(connection: Connection) -> str | None:
+    """The isolation level to ask for so that a call is a transaction (None: it already is).
+
+    Engines in ``AUTOCOMMIT`` mode commit every statement; the call then asks for the
+    database's default level instead, for its own connection checkout only.
+    """
+    dialect = connection.dialect
+    dbapi_connection = connection.connection.dbapi_connection
+    if dbapi_connection is None:  # pragma: no cover - a checked-out connection has one
+        return None
+    try:
+        autocommit = bool(dialect.detect_autocommit_setting(dbapi_connection))  # SQLAlchemy 2.1
+    except (AttributeError, NotImplementedError):
+        if dialect.name == "sqlite":
+            autocommit = getattr(dbapi_connection, "isolation_level", "") is None
+        else:
+            autocommit = bool(getattr(dbapi_connection, "autocommit", False))
+    if not autocommit:
+        return None
+    level = connection.default_isolation_level
+    if not level or level == "AUTOCOMMIT":
+        level = "SERIALIZABLE" if dialect.name == "sqlite" else "READ COMMITTED"
+    return level
 
 
 class _ClientBase:
     def __init__(
         self,
         batch_threshold: int,
-        table: Table | None,
+        table: Any,
         registry: CollectorRegistry | None,
         max_attempts: int,
+        max_tuples_decompressed: int | None,
     ) -> None:
-        if isinstance(batch_threshold, bool) or not isinstance(batch_threshold, int):
-            raise ConfigurationError(f"batch_threshold must be an int, got {batch_threshold!r}")
-        if not isinstance(max_attempts, int) or max_attempts < 1:
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be a positive int, got {max_attempts!r}")
-        # Validates table and threshold now rather than at the first write.
-        self.table: Table = _Writer(table, batch_threshold).table
+        self.table = resolve_table(table)
+        self._writer = Writer(self.table, batch_threshold, max_tuples_decompressed)
         self.batch_threshold = batch_threshold
         self.max_attempts = max_attempts
+        self.max_tuples_decompressed = max_tuples_decompressed
+        # A clash with a collector the host registered is reported here, not after a write.
         self.metrics = write_metrics(registry)
-        #: The :class:`WriteResult` of the last successful ``write_signals`` call.
+        #: The :class:`WriteResult` of the last successful call (prefer ``upsert``'s return).
         self.last_result: WriteResult | None = None
         self._depth = 0
+        # Isolation level each call asks for; detected on the first call of each engine.
+        self._level: str | None = _UNKNOWN
 
     def _require_entered(self) -> None:
         if self._depth <= 0:
@@ -87,8 +135,28 @@ class _ClientBase:
         # Only inputs that can be iterated again are retried.
         return self.max_attempts if isinstance(signals, Collection) else 1
 
-    def _record_failure(self, writer: _Writer, started: float) -> None:
-        self.metrics.failure(writer.method, writer.seen, time.perf_counter() - started)
+    def _run(
+        self, connection: Connection, signals: Iterable[Any], size: int, progress: Progress
+    ) -> WriteResult:
+        """One attempt on a checked-out connection: one transaction, committed or rolled back."""
+        if self._level == _UNKNOWN:
+            self._level = _transaction_level(connection)
+        if self._level is not None:
+            connection.execution_options(isolation_level=self._level)
+        with connection.begin():
+            return self._writer.write(
+                connection, signals, size, own_transaction=True, progress=progress
+            )
+
+    def _failed(self, signals: Iterable[Any], progress: Progress, started: float) -> None:
+        self.metrics.failure(
+            progress.method, Writer.given(signals, progress), time.perf_counter() - started
+        )
+
+    def _succeeded(self, result: WriteResult, started: float) -> WriteResult:
+        self.metrics.success(result, time.perf_counter() - started)
+        self.last_result = result
+        return result
 
     @staticmethod
     def _backoff(attempt: int) -> float:
@@ -97,13 +165,15 @@ class _ClientBase:
 
 class SignalsStoreClient(_ClientBase):
     """Writes signals to ``uri``: a plain ``postgresql://`` URI (psycopg), a SQLAlchemy URL with
-    a driver, ``sqlite:///...``, or an existing :class:`~sqlalchemy.Engine` (not disposed by us).
+    a driver, ``sqlite:///...``, or an existing :class:`~sqlalchemy.Engine` (never disposed by
+    the client).
 
-    ``batch_threshold``: batches at least this large use COPY on PostgreSQL. ``table``: the
-    target table (default: the library's ``signals``). ``registry``: prometheus registry for the
-    metrics (default: the global one). Extra keyword arguments go to ``create_engine``.
-    A connection found dead is discarded by the pool (with every older one) and the call is
-    retried when the input can be read again; no ``pool_pre_ping`` round trip per call.
+    ``batch_threshold``: calls of at least this many signals are staged with binary COPY on
+    PostgreSQL. ``table``: the target table, a ``Table`` or a mapped class (default: the
+    library's ``signals``). ``registry``: prometheus registry for the metrics (default: the
+    global one). ``max_attempts``: see the module docstring. ``max_tuples_decompressed``:
+    TimescaleDB's cap on tuples decompressed by one call (default 0: no cap; ``None``: the
+    server's setting). Extra keyword arguments go to ``create_engine``.
     """
 
     def __init__(
@@ -111,12 +181,13 @@ class SignalsStoreClient(_ClientBase):
         uri: str | URL | Engine,
         batch_threshold: int = 1000,
         *,
-        table: Table | None = None,
+        table: Any = None,
         registry: CollectorRegistry | None = None,
         max_attempts: int = 3,
+        max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
         **engine_kwargs: Any,
     ) -> None:
-        super().__init__(batch_threshold, table, registry, max_attempts)
+        super().__init__(batch_threshold, table, registry, max_attempts, max_tuples_decompressed)
         self._uri = uri
         self._engine_kwargs = engine_kwargs
         self._engine: Engine | None = None
@@ -146,50 +217,70 @@ class SignalsStoreClient(_ClientBase):
         tb: TracebackType | None,
     ) -> None:
         self._depth -= 1
+        if self._depth == 0:
+            self.close()
 
     def close(self) -> None:
-        """Dispose of the engine this client created (an engine passed in is left alone)."""
-        if self._finalizer is not None:
-            self._finalizer()
-            self._finalizer = None
-        self._engine = None
+        """Dispose of the pool of an engine this client made (one passed in is left alone).
 
-    def write_signals(self, signals: Iterable[Any], batch_size: int = 1000) -> int:
-        """Write ``signals`` in one transaction; return how many were accepted.
+        The client stays usable: entering it again opens new connections.
+        """
+        if self._engine is not None and self._finalizer is not None:
+            self._engine.dispose()
 
-        Raises :class:`~sa_signals.errors.InvalidSignalError` for bad input and
-        :class:`~sa_signals.errors.WriteError` when the database fails; either way nothing of
-        the call is kept. The detailed counts are in :attr:`last_result`.
+    def upsert(self, signals: Iterable[Any], *, batch_size: int | None = None) -> WriteResult:
+        """Write ``signals`` in one transaction and return what the database did with them.
+
+        ``batch_size`` bounds how many signals are held at once (default: all of a sequence,
+        else 10,000). Raises :class:`~sa_signals.errors.InvalidSignalError` for bad input and
+        :class:`~sa_signals.errors.WriteError` when the database fails; either way nothing
+        of the call is kept.
         """
         self._require_entered()
-        _check_batch_size(batch_size)
+        return self._write(signals, Writer.batch_size_for(signals, batch_size))
+
+    def write_signals(self, signals: Iterable[Any], batch_size: int = 1000) -> int:
+        """Write ``signals`` in one transaction; return how many were accepted (the spec's API).
+
+        Same behaviour as :meth:`upsert`, which returns the detailed counts (also kept in
+        :attr:`last_result`).
+        """
+        self._require_entered()
+        return self._write(signals, check_batch_size(batch_size)).received
+
+    def _write(self, signals: Iterable[Any], size: int) -> WriteResult:
         engine = self.engine
         attempts = self._attempts(signals)
         started = time.perf_counter()
         for attempt in range(attempts):
-            writer = _Writer(self.table, self.batch_threshold)
+            progress = Progress()
             try:
-                with Session(engine) as session, session.begin():
-                    result = writer.write(session, signals, batch_size)
-            except DBAPIError as exc:
+                try:
+                    connection = engine.connect()
+                except Exception as exc:
+                    raise _connect_error(exc) from exc
+                try:
+                    with connection:
+                        result = self._run(connection, signals, size, progress)
+                except SQLAlchemyError as exc:  # BEGIN, COMMIT, ROLLBACK, closing
+                    raise _sqlalchemy_error(exc) from exc
+            except WriteError as exc:
                 if attempt + 1 < attempts and _retryable(exc):
                     time.sleep(self._backoff(attempt))
                     continue
-                self._record_failure(writer, started)
-                raise WriteError(f"writing signals failed, nothing was kept: {exc.orig}") from exc
-            except BaseException:
-                self._record_failure(writer, started)
+                self._failed(signals, progress, started)
                 raise
-            self.metrics.success(result, time.perf_counter() - started)
-            self.last_result = result
-            return result.received
+            except BaseException:
+                self._failed(signals, progress, started)
+                raise
+            return self._succeeded(result, started)
         raise AssertionError("unreachable")  # pragma: no cover
 
 
 class AsyncSignalsStoreClient(_ClientBase):
     """The asyncio twin of :class:`SignalsStoreClient` (plain ``postgresql://`` uses asyncpg,
-    ``sqlite://`` aiosqlite); ``async with`` it and ``await client.write_signals(...)``.
-    Call :meth:`aclose` to release the pool when done with the client for good.
+    ``sqlite://`` aiosqlite); ``async with`` it and ``await client.upsert(...)`` or
+    ``await client.write_signals(...)``. Same options and lifecycle.
     """
 
     def __init__(
@@ -197,12 +288,13 @@ class AsyncSignalsStoreClient(_ClientBase):
         uri: str | URL | AsyncEngine,
         batch_threshold: int = 1000,
         *,
-        table: Table | None = None,
+        table: Any = None,
         registry: CollectorRegistry | None = None,
         max_attempts: int = 3,
+        max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
         **engine_kwargs: Any,
     ) -> None:
-        super().__init__(batch_threshold, table, registry, max_attempts)
+        super().__init__(batch_threshold, table, registry, max_attempts, max_tuples_decompressed)
         self._uri = uri
         self._engine_kwargs = engine_kwargs
         self._engine: AsyncEngine | None = None
@@ -231,38 +323,60 @@ class AsyncSignalsStoreClient(_ClientBase):
         tb: TracebackType | None,
     ) -> None:
         self._depth -= 1
+        if self._depth == 0:
+            await self.aclose()
 
     async def aclose(self) -> None:
-        """Dispose of the engine this client created (an engine passed in is left alone)."""
+        """Dispose of the pool of an engine this client made (one passed in is left alone).
+
+        The client stays usable: entering it again opens new connections.
+        """
         if self._engine is not None and self._owns_engine:
             await self._engine.dispose()
-        self._engine = None
-        self._owns_engine = False
+
+    async def upsert(self, signals: Iterable[Any], *, batch_size: int | None = None) -> WriteResult:
+        """Write ``signals`` in one transaction; see :meth:`SignalsStoreClient.upsert`."""
+        self._require_entered()
+        return await self._write(signals, Writer.batch_size_for(signals, batch_size))
 
     async def write_signals(self, signals: Iterable[Any], batch_size: int = 1000) -> int:
         """Write ``signals`` in one transaction; see :meth:`SignalsStoreClient.write_signals`."""
-        from sqlalchemy.ext.asyncio import AsyncSession
-
         self._require_entered()
-        _check_batch_size(batch_size)
+        return (await self._write(signals, check_batch_size(batch_size))).received
+
+    async def _write(self, signals: Iterable[Any], size: int) -> WriteResult:
         engine = self.engine
         attempts = self._attempts(signals)
         started = time.perf_counter()
         for attempt in range(attempts):
-            writer = _Writer(self.table, self.batch_threshold)
+            progress = Progress()
             try:
-                async with AsyncSession(engine) as session, session.begin():
-                    result = await session.run_sync(writer.write, signals, batch_size)
-            except DBAPIError as exc:
+                connection = await self._connect(engine)
+                try:
+                    try:
+                        result = await connection.run_sync(self._run, signals, size, progress)
+                    finally:
+                        await connection.close()
+                except SQLAlchemyError as exc:  # BEGIN, COMMIT, ROLLBACK, closing
+                    raise _sqlalchemy_error(exc) from exc
+            except WriteError as exc:
                 if attempt + 1 < attempts and _retryable(exc):
                     await asyncio.sleep(self._backoff(attempt))
                     continue
-                self._record_failure(writer, started)
-                raise WriteError(f"writing signals failed, nothing was kept: {exc.orig}") from exc
-            except BaseException:
-                self._record_failure(writer, started)
+                self._failed(signals, progress, started)
                 raise
-            self.metrics.success(result, time.perf_counter() - started)
-            self.last_result = result
-            return result.received
+            except BaseException:
+                self._failed(signals, progress, started)
+                raise
+            return self._succeeded(result, started)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    async def _connect(engine: AsyncEngine) -> AsyncConnection:
+        connection = engine.connect()
+        try:
+            # asyncpg's own errors (ConnectionRefusedError...) reach us unwrapped from here.
+            await connection.start()
+        except Exception as exc:
+            raise _connect_error(exc) from exc
+        return connection

@@ -6,8 +6,14 @@ instances of :class:`~sa_signals.SignalMixin` models (whose JSON attribute is ``
 
 Each valid signal becomes a :data:`Row`, ``(index, provider, SYMBOL, ts, name, value, score,
 metadata_json)``: the index in the caller's iterable (it decides which duplicate wins), the symbol
-upper-cased, numbers as ``float`` and the metadata already serialised to strict JSON text, so the
-write paths never serialise twice.
+upper-cased, the timestamp in UTC, numbers as ``float`` and the metadata already serialised to
+strict JSON text, so the write paths never serialise twice and accept exactly the same inputs.
+
+Every check has a fast path on exact types (``str``, ``float``, ``dict``, a UTC ``datetime``);
+only a value that fails the cheap test goes through the careful check, which either normalises
+it or raises :class:`~sa_signals.errors.InvalidSignalError` naming the index and the field.
+The same loop notes, at almost no cost, whether the keys arrived in write order
+(:class:`RowStats`), so the merge can skip work the data does not need.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from __future__ import annotations
 import json
 import json.encoder
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
+from collections.abc import Callable, Generator, Iterable, Mapping
+from datetime import datetime, timezone
 from decimal import Decimal
 from numbers import Real
 from typing import Any, Final
@@ -24,17 +30,45 @@ from typing import Any, Final
 from ..errors import InvalidSignalError
 from ..schema.model import SignalMixin
 
-__all__ = ["Row", "dump_metadata", "validate_signal", "validate_signals"]
+__all__ = ["Row", "RowStats", "dump_metadata", "validate_signal", "validate_signals"]
 
 #: ``(index, provider, symbol, ts, name, value, score, metadata_json)``
 Row = tuple[int, str, str, datetime, str, float, "float | None", "str | None"]
 
+_UTC: Final = timezone.utc
 _REQUIRED: Final = ("provider", "symbol", "ts", "name", "value")
 _ATTRS: Final = 0
 _MAPPING: Final = 1
 _MODEL: Final = 2
 # type -> how to read it; filled lazily so the per-row cost is one dict lookup.
 _KINDS: dict[type, int] = {}
+# Compares below any real key tuple.
+_NO_KEY: Final[tuple[str, ...]] = ()
+_BEFORE_ALL: Final = datetime.min.replace(tzinfo=_UTC)
+
+
+class RowStats:
+    """What :func:`validate_signals` saw of the rows it yielded, for the write path.
+
+    The write order of keys is the primary key's, ``(provider, symbol, ts, name)`` (text in
+    code-point order: PostgreSQL's ``COLLATE "C"``). Set when the rows are exhausted:
+    ``ordered`` is true when every key was strictly greater than the one before (sorted, no
+    duplicates); ``duplicates``
+    is the exact number of rows whose key repeats an earlier one when it could be counted in
+    bounded memory (timestamps never went back and no instant held more than ``limit`` keys),
+    else ``None``. Set however the iteration ends: ``count``, the signals read (the failing
+    one included), and ``error``, the exception raised inside the iteration (by the caller's
+    iterable or by validation), so the write path can tell it from a driver's.
+    """
+
+    __slots__ = ("count", "duplicates", "error", "limit", "ordered")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.ordered = False
+        self.duplicates: int | None = None
+        self.count = 0
+        self.error: BaseException | None = None
 
 
 def _reject(obj: object) -> Any:
@@ -81,10 +115,52 @@ def _kind(cls: type) -> int:
     return kind
 
 
+def _bad_key(obj: object) -> tuple[object] | None:
+    """``(key,)`` for the first mapping key that is not a string, at any depth, else ``None``.
+
+    JSON turns ``1`` into ``"1"``: ``{1: "x", "1": "y"}`` would silently keep one value.
+    """
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            for key, value in item.items():
+                if not isinstance(key, str):
+                    return (key,)
+                stack.append(value)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return None
+
+
+def _has_nul(obj: object) -> bool:
+    """Whether a real NUL character is in any key or string value, at any depth."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
 def dump_metadata(index: int, metadata: object) -> str | None:
-    """``metadata`` as strict JSON text (``None`` stays ``None``); raise on anything else."""
+    """``metadata`` as strict JSON text (``None`` stays ``None``); raise on anything else.
+
+    Keys must be strings at every level; strings must be valid Unicode without NUL (PostgreSQL
+    stores neither a lone surrogate nor ``\\u0000`` in text or jsonb).
+    """
     if metadata is None:
         return None
+    return _dump(index, metadata)
+
+
+def _dump(index: int, metadata: object) -> str:
     if not isinstance(metadata, Mapping):
         raise InvalidSignalError(
             index, "metadata", f"must be a mapping or None, got {type(metadata).__name__}"
@@ -93,7 +169,24 @@ def dump_metadata(index: int, metadata: object) -> str | None:
         text = _encode(metadata if type(metadata) is dict else dict(metadata))
     except _JSON_ERRORS as exc:
         raise InvalidSignalError(index, "metadata", f"is not strict JSON: {exc}") from None
-    if "\\u0000" in text:
+    # Encoded, so acyclic: the walks below terminate.
+    bad = _bad_key(metadata)
+    if bad is not None:
+        raise InvalidSignalError(
+            index,
+            "metadata",
+            f"keys must be strings at every level, got {type(bad[0]).__name__} {bad[0]!r}",
+        )
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidSignalError(
+                index, "metadata", f"is not valid Unicode ({exc.reason}: {exc.object[exc.start]!r})"
+            ) from None
+    # The encoder writes a real NUL as \u0000; a backslash followed by "u0000" is written as
+    # \\u0000, which also contains "\u0000": look at the strings themselves before rejecting.
+    if "\\u0000" in text and _has_nul(metadata):
         # PostgreSQL's jsonb cannot store NUL characters; fail here, not inside the merge.
         raise InvalidSignalError(index, "metadata", "contains a NUL character (\\u0000)")
     return text
@@ -106,22 +199,46 @@ def _text(index: int, field: str, value: object) -> str:
         raise InvalidSignalError(index, field, "must be a non-empty string")
     if "\x00" in value:
         raise InvalidSignalError(index, field, "contains a NUL character")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidSignalError(
+                index, field, f"is not valid Unicode ({exc.reason}: {exc.object[exc.start]!r})"
+            ) from None
     return str(value)
 
 
 def _timestamp(index: int, ts: object) -> datetime:
+    """``ts`` as an aware UTC datetime; any offset (even 1 µs) is kept as the same instant."""
     if not isinstance(ts, datetime):
         raise InvalidSignalError(
             index, "ts", f"must be a timezone-aware datetime, got {type(ts).__name__}"
         )
-    if ts.tzinfo is None or ts.utcoffset() is None:
+    try:
+        offset = ts.utcoffset()
+    except Exception as exc:  # a broken tzinfo
+        raise InvalidSignalError(index, "ts", f"has an unusable tzinfo: {exc}") from None
+    if offset is None:  # no tzinfo, or one that does not know its offset: naive
         raise InvalidSignalError(
             index,
             "ts",
             f"naive datetime {ts.isoformat()!r}: give it a timezone, "
             "e.g. ts.replace(tzinfo=timezone.utc) or datetime.now(timezone.utc)",
         )
-    return ts
+    try:
+        utc = (ts.replace(tzinfo=None) - offset).replace(tzinfo=_UTC)
+    except OverflowError:
+        raise InvalidSignalError(
+            index,
+            "ts",
+            f"{ts.isoformat()!r} is outside the range of UTC datetimes (years 1 to 9999), "
+            "so it could not be read back",
+        ) from None
+    # A plain datetime, whatever subclass came in (the drivers' fast paths expect one).
+    return datetime(
+        utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond, _UTC
+    )
 
 
 def _number(index: int, field: str, value: object) -> float:
@@ -129,9 +246,14 @@ def _number(index: int, field: str, value: object) -> float:
         raise InvalidSignalError(
             index, field, f"must be a finite real number, got {type(value).__name__} {value!r}"
         )
-    number = float(value)
+    try:
+        number = float(value)
+    except (OverflowError, ValueError):  # 10**400, Decimal("sNaN")
+        number = math.nan
     if not math.isfinite(number):
-        raise InvalidSignalError(index, field, f"must be finite, got {value!r}")
+        raise InvalidSignalError(
+            index, field, f"must be a finite double precision number, got {value!r:.60}"
+        )
     return number
 
 
@@ -148,73 +270,127 @@ def validate_signal(index: int, obj: object) -> Row:
     return next(validate_signals((obj,), start=index))
 
 
-def validate_signals(signals: Iterable[Any], start: int = 0) -> Iterator[Row]:
+def validate_signals(
+    signals: Iterable[Any], start: int = 0, stats: RowStats | None = None
+) -> Generator[Row, None, None]:
     """Yield a :data:`Row` per signal; raise :class:`InvalidSignalError` at the first bad one.
 
     The checks run lazily, one signal at a time, so a generator is never held in memory.
+    When ``stats`` is given it is filled in as described there.
     """
     kinds = _KINDS
     encode = _encode
+    utc = _UTC
     index = start - 1
-    for obj in signals:
-        index += 1
-        cls = type(obj)
-        kind = kinds.get(cls)
-        if kind is None:
-            kind = _kind(cls)
-        try:
-            if kind == _ATTRS:
-                provider = obj.provider
-                symbol = obj.symbol
-                ts = obj.ts
-                name = obj.name
-                value = obj.value
-                score = getattr(obj, "score", None)
-                metadata = getattr(obj, "metadata", None)
-            elif kind == _MAPPING:
-                provider = obj["provider"]
-                symbol = obj["symbol"]
-                ts = obj["ts"]
-                name = obj["name"]
-                value = obj["value"]
-                score = obj.get("score")
-                metadata = obj.get("metadata")
-            else:
-                provider = obj.provider
-                symbol = obj.symbol
-                ts = obj.ts
-                name = obj.name
-                value = obj.value
-                score = obj.score
-                metadata = obj.metadata_
-        except (AttributeError, KeyError):
-            raise _missing(index, obj, kind) from None
-
-        # Fast paths test exact types; anything else goes through the careful checks.
-        if type(provider) is not str or not provider or "\x00" in provider:
-            provider = _text(index, "provider", provider)
-        if type(symbol) is not str or not symbol or "\x00" in symbol:
-            symbol = _text(index, "symbol", symbol)
-        symbol = symbol.upper()
-        if type(name) is not str or not name or "\x00" in name:
-            name = _text(index, "name", name)
-        if type(ts) is not datetime or ts.tzinfo is None:
-            ts = _timestamp(index, ts)
-        if type(value) is not float or value - value != 0.0:  # inf - inf and NaN are not 0
-            value = _number(index, "value", value)
-        if score is not None and (type(score) is not float or score - score != 0.0):
-            score = _number(index, "score", score)
-        if metadata is not None:
-            if type(metadata) is dict:
-                try:
-                    metadata = encode(metadata)
-                except _JSON_ERRORS:
-                    metadata = dump_metadata(index, metadata)  # raises with the reason
+    # Order tracking (see RowStats): the current instant, its keys, and what was seen so far.
+    tracking = stats is not None
+    limit = stats.limit if stats is not None else 0
+    ordered = True
+    duplicates = 0
+    last_ts = _BEFORE_ALL
+    last_key: tuple[Any, ...] = _NO_KEY
+    first_key: tuple[str, ...] = _NO_KEY
+    group: set[tuple[str, ...]] | None = None
+    try:
+        for obj in signals:
+            index += 1
+            cls = type(obj)
+            kind = kinds.get(cls)
+            if kind is None:
+                kind = _kind(cls)
+            try:
+                if kind == _ATTRS:
+                    provider = obj.provider
+                    symbol = obj.symbol
+                    ts = obj.ts
+                    name = obj.name
+                    value = obj.value
+                    score = getattr(obj, "score", None)
+                    metadata = getattr(obj, "metadata", None)
+                elif kind == _MAPPING:
+                    provider = obj["provider"]
+                    symbol = obj["symbol"]
+                    ts = obj["ts"]
+                    name = obj["name"]
+                    value = obj["value"]
+                    score = obj.get("score")
+                    metadata = obj.get("metadata")
                 else:
-                    if "\\u0000" in metadata:
-                        raise InvalidSignalError(
-                            index, "metadata", "contains a NUL character (\\u0000)"
-                        )
-            else:
-                metadata = dump_metadata(index, metadata)
-        yield (index, provider, symbol, ts, name, value, score, metadata)
+                    provider = obj.provider
+                    symbol = obj.symbol
+                    ts = obj.ts
+                    name = obj.name
+                    value = obj.value
+                    score = obj.score
+                    metadata = obj.metadata_
+            except (AttributeError, KeyError):
+                raise _missing(index, obj, kind) from None
+
+            # Fast paths test exact types; anything else goes through the careful checks.
+            if (
+                type(provider) is not str
+                or not provider.isascii()
+                or not provider
+                or "\x00" in provider
+            ):
+                provider = _text(index, "provider", provider)
+            if type(symbol) is not str or not symbol.isascii() or not symbol or "\x00" in symbol:
+                symbol = _text(index, "symbol", symbol)
+            symbol = symbol.upper()
+            if type(name) is not str or not name.isascii() or not name or "\x00" in name:
+                name = _text(index, "name", name)
+            if type(ts) is not datetime or ts.tzinfo is not utc:
+                ts = _timestamp(index, ts)
+            if type(value) is not float or value - value != 0.0:  # inf - inf and NaN are not 0
+                value = _number(index, "value", value)
+            if score is not None and (type(score) is not float or score - score != 0.0):
+                score = _number(index, "score", score)
+            if metadata is not None:
+                if type(metadata) is dict:
+                    try:
+                        text = encode(metadata)
+                        "".join(metadata)  # TypeError unless every top-level key is a str
+                    except _JSON_ERRORS:
+                        text = _dump(index, metadata)  # raises with the reason
+                    else:
+                        # Nested mappings ("{" past the first character), non-ASCII text (a lone
+                        # surrogate?) or an escaped NUL: the careful checks decide.
+                        if text.find("{", 1) >= 0 or not text.isascii() or "\\u0000" in text:
+                            text = _dump(index, metadata)
+                    metadata = text
+                else:
+                    metadata = _dump(index, metadata)
+
+            if ordered:
+                key = (provider, symbol, ts, name)
+                if key <= last_key:
+                    ordered = False
+                last_key = key
+            if tracking:
+                if ts == last_ts:
+                    group_key = (provider, symbol, name)
+                    if group is None:
+                        group = {first_key}
+                    if group_key in group:
+                        duplicates += 1
+                    else:
+                        group.add(group_key)
+                        if len(group) > limit:
+                            tracking = False
+                elif ts > last_ts:
+                    last_ts = ts
+                    first_key = (provider, symbol, name)
+                    group = None
+                else:
+                    tracking = False
+            yield (index, provider, symbol, ts, name, value, score, metadata)
+        if stats is not None:
+            stats.ordered = ordered
+            stats.duplicates = duplicates if tracking else None
+    except BaseException as exc:
+        if stats is not None:
+            stats.error = exc
+        raise
+    finally:
+        if stats is not None:
+            stats.count = index - start + 1

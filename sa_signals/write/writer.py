@@ -1,0 +1,383 @@
+"""One write call on one connection: the algorithm both repositories and both clients run.
+
+A call takes its row locks in one global order (:data:`~sa_signals.write.statements.WRITE_ORDER`)
+and writes each key once (the last occurrence wins), whatever its size and ``batch_size``:
+
+* a call that fits in one batch of fewer than ``batch_threshold`` signals is deduplicated and
+  put in write order in Python, then upserted (PostgreSQL: one ``unnest`` statement per page;
+  SQLite: an executemany);
+* any other call streams every batch into a temporary staging table and runs ONE merge at the
+  end. On PostgreSQL the stage is filled by binary COPY once the call reaches
+  ``batch_threshold`` signals (psycopg 3, asyncpg), by ``unnest`` inserts before that and on
+  drivers without COPY; the signals are validated while they stream, so client and server
+  work overlap and client memory stays bounded by ``batch_size``. The merge skips the sort or
+  the deduplication when the per-row loop saw that the data does not need it (``RowStats``).
+
+Failures: an :class:`~sa_signals.errors.InvalidSignalError` or an exception of the caller's
+iterable propagates unchanged; every database, driver or pool failure becomes a
+:class:`~sa_signals.errors.WriteError` with the original as ``__cause__``. The caller owns the
+transaction (a client) or a savepoint around the call (a repository) and rolls it back.
+
+TimescaleDB: one merge per call may decompress more tuples of compressed chunks than
+``timescaledb.max_tuples_decompressed_per_dml_transaction`` allows (100,000 by default). The
+writer sets it for the call (``set_config(..., is_local => true)``) to ``max_tuples_decompressed``
+(default 0, unlimited) when the server has the setting, and puts the previous value back after
+the call when the transaction is the caller's.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator, Sequence, Sized
+from contextlib import contextmanager
+from itertools import chain, islice
+from operator import itemgetter
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, func, insert, select, text, tuple_
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.schema import CreateTable, DropTable
+from sqlalchemy.sql.dml import Insert
+
+from ..errors import ConfigurationError, WriteError
+from ..result import COPY, UPSERT, WriteResult
+from ..schema.model import KEY_COLUMNS
+from .copy import copy_rows, driver_error, supports_copy
+from .statements import (
+    STAGE_COLUMNS,
+    MergeKind,
+    merge_statement,
+    sqlite_merge,
+    sqlite_stage,
+    stage_ddl,
+    stage_insert_statement,
+    truncate_stage,
+    upsert_statement,
+)
+from .validation import Row, RowStats, validate_signals
+
+__all__ = [
+    "DECOMPRESSION_SETTING",
+    "DEFAULT_MAX_TUPLES_DECOMPRESSED",
+    "DEFAULT_STREAM_BATCH",
+    "Progress",
+    "Writer",
+    "check_batch_size",
+    "database_error",
+]
+
+#: Batch size for iterables without a length when no ``batch_size`` is given.
+DEFAULT_STREAM_BATCH = 10_000
+#: TimescaleDB's cap on tuples decompressed by one DML transaction.
+DECOMPRESSION_SETTING = "timescaledb.max_tuples_decompressed_per_dml_transaction"
+#: What a write sets it to for its own statements: 0 means no cap (see the module docstring).
+DEFAULT_MAX_TUPLES_DECOMPRESSED = 0
+# Rows per key-existence query on SQLite (4 parameters each, far below SQLite's limit).
+_SQLITE_LOOKUP_CHUNK = 200
+# Key of a row in write order (the primary key's).
+_write_key = itemgetter(1, 2, 3, 4)
+_PARAM_NAMES = ("provider", "symbol", "ts", "name", "value", "score", "metadata")
+# connection.info key: whether this database session has the decompression setting.
+_HAS_SETTING = "sa_signals.decompression_setting"
+_READ_SETTING = text("SELECT current_setting(:name, true)")
+_SWAP_SETTING = text("SELECT current_setting(:name), set_config(:name, :value, true)")
+_SET_SETTING = text("SELECT set_config(:name, :value, true)")
+
+
+class Progress:
+    """How far a call got, for the failure metrics: the method in use and signals read."""
+
+    __slots__ = ("method", "received")
+
+    def __init__(self) -> None:
+        self.method = UPSERT
+        self.received = 0
+
+
+def check_batch_size(batch_size: object) -> int:
+    """``batch_size`` if it is a positive int, else :class:`ConfigurationError`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
+
+
+def database_error(exc: BaseException) -> WriteError | None:
+    """The :class:`WriteError` for a SQLAlchemy error (``None`` for anything else)."""
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        return WriteError(
+            f"writing signals failed, nothing was kept: {orig}",
+            sqlstate=sqlstate if isinstance(sqlstate, str) else None,
+            connection_lost=exc.connection_invalidated,
+        )
+    if isinstance(exc, SQLAlchemyError):  # e.g. pool exhausted (sqlalchemy.exc.TimeoutError)
+        return WriteError(f"writing signals failed, nothing was kept: {exc}")
+    return None
+
+
+@functools.lru_cache(maxsize=128)
+def _upsert(table: Table, dialect_name: str) -> Insert:
+    return upsert_statement(table, dialect_name)
+
+
+@functools.lru_cache(maxsize=256)
+def _merge(table: Table, dialect: Any, kind: MergeKind) -> Any:
+    return merge_statement(table, dialect, kind)
+
+
+@functools.lru_cache(maxsize=128)
+def _sqlite_statements(table: Table) -> tuple[Table, Any, Any, Any, Any]:
+    stage = sqlite_stage(table)
+    counts, merge = sqlite_merge(table, stage)
+    return stage, CreateTable(stage, if_not_exists=True), DropTable(stage), counts, merge
+
+
+_STAGE_INSERT = stage_insert_statement()
+
+
+def _params(rows: Iterable[Row], *, with_ord: bool = False) -> list[dict[str, Any]]:
+    if with_ord:
+        return [dict(zip(STAGE_COLUMNS, r, strict=True)) for r in rows]
+    return [
+        {
+            "provider": r[1],
+            "symbol": r[2],
+            "ts": r[3],
+            "name": r[4],
+            "value": r[5],
+            "score": r[6],
+            "metadata": r[7],
+        }
+        for r in rows
+    ]
+
+
+def _in_write_order(rows: list[Row], stats: RowStats) -> list[Row]:
+    """The last occurrence of each key, in write order (``rows`` as is when already so)."""
+    if stats.ordered:
+        return rows
+    latest = {_write_key(row): row for row in rows}
+    # Sort the keys already built rather than extracting them again per row.
+    return [latest[key] for key in sorted(latest)]
+
+
+class Writer:
+    """The write logic for one target table; stateless, so it can be shared across threads.
+
+    ``max_tuples_decompressed``: see the module docstring (``None`` leaves the server's
+    setting alone).
+    """
+
+    def __init__(
+        self,
+        table: Table,
+        batch_threshold: int,
+        max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
+    ) -> None:
+        if (
+            isinstance(batch_threshold, bool)
+            or not isinstance(batch_threshold, int)
+            or batch_threshold < 1
+        ):
+            raise ConfigurationError(f"batch_threshold must be a positive int: {batch_threshold!r}")
+        if max_tuples_decompressed is not None and (
+            isinstance(max_tuples_decompressed, bool)
+            or not isinstance(max_tuples_decompressed, int)
+            or max_tuples_decompressed < 0
+        ):
+            raise ConfigurationError(
+                "max_tuples_decompressed must be None or an int >= 0 (0: no cap), "
+                f"got {max_tuples_decompressed!r}"
+            )
+        self.table = table
+        self.batch_threshold = batch_threshold
+        self.max_tuples_decompressed = max_tuples_decompressed
+
+    @staticmethod
+    def batch_size_for(signals: Iterable[Any], batch_size: int | None) -> int:
+        """``batch_size``, or the default: all of a sequence, else :data:`DEFAULT_STREAM_BATCH`."""
+        if batch_size is None:
+            return max(len(signals), 1) if isinstance(signals, Sequence) else DEFAULT_STREAM_BATCH
+        return check_batch_size(batch_size)
+
+    @staticmethod
+    def given(signals: Iterable[Any], progress: Progress) -> int:
+        """How many signals a failed call was given: its length when known, else those read."""
+        return len(signals) if isinstance(signals, Sized) else progress.received
+
+    def write(
+        self,
+        connection: Connection,
+        signals: Iterable[Any],
+        batch_size: int,
+        *,
+        own_transaction: bool,
+        progress: Progress,
+    ) -> WriteResult:
+        """Write ``signals`` on ``connection`` inside the caller's transaction.
+
+        ``own_transaction``: the transaction holds this call only (a client's), so the staging
+        table and the decompression setting need no cleaning up for later statements.
+        """
+        stats = RowStats(batch_size)
+        rows = validate_signals(signals, stats=stats)
+        try:
+            return self._write(connection, rows, stats, batch_size, own_transaction, progress)
+        except BaseException as exc:
+            if exc is stats.error:  # the caller's iterable, or InvalidSignalError
+                raise
+            error = database_error(exc)
+            if error is None and supports_copy(connection):
+                error = driver_error(connection, exc)
+            if error is None:
+                raise
+            raise error from exc
+        finally:
+            rows.close()
+            progress.received = stats.count
+
+    def _write(
+        self,
+        connection: Connection,
+        rows: Iterator[Row],
+        stats: RowStats,
+        batch_size: int,
+        own: bool,
+        progress: Progress,
+    ) -> WriteResult:
+        dialect = connection.dialect
+        if dialect.name not in ("postgresql", "sqlite"):
+            raise ConfigurationError(
+                f"sa_signals writes to PostgreSQL and SQLite, not {dialect.name!r}"
+            )
+        first = list(islice(rows, batch_size))
+        if not first:
+            return WriteResult()
+        following = next(rows, None)
+        rest = rows if following is None else chain((following,), rows)
+        if dialect.name == "sqlite":
+            if following is None:
+                return self._sqlite_upsert(connection, first, stats)
+            return self._sqlite_staged(connection, first, rest, stats, batch_size)
+        copy_ok = supports_copy(connection)
+        if following is None and (len(first) < self.batch_threshold or not copy_ok):
+            with self._decompression(connection, own):
+                return self._pg_upsert(connection, first, stats)
+
+        connection.execute(stage_ddl(dialect))
+        batch, staged = first, 0
+        while batch:
+            if copy_ok and staged + len(batch) >= self.batch_threshold:
+                progress.method = COPY
+                copy_rows(connection, chain(batch, rest))
+                break
+            columns = list(zip(*batch, strict=True))
+            connection.execute(
+                _STAGE_INSERT,
+                {name: list(columns[i]) for i, name in enumerate(STAGE_COLUMNS)},
+            )
+            staged += len(batch)
+            batch = list(islice(rest, batch_size))
+        received = stats.count
+        if stats.ordered or stats.duplicates == 0:
+            kind, distinct = MergeKind.SORTED, received
+        elif stats.duplicates is not None:
+            kind, distinct = MergeKind.DEDUPLICATED, received - stats.duplicates
+        else:
+            kind, distinct = MergeKind.COUNTED, -1
+        with self._decompression(connection, own):
+            counted, inserted, changed = connection.execute(_merge(self.table, dialect, kind)).one()
+        if not own:
+            connection.execute(truncate_stage(dialect))
+        if kind is MergeKind.COUNTED:
+            distinct = int(counted)
+        return self._result(received, distinct, inserted, changed, progress.method)
+
+    @staticmethod
+    def _result(
+        received: int, distinct: int, inserted: int, changed: int, method: str
+    ) -> WriteResult:
+        return WriteResult(received, inserted, changed - inserted, distinct - changed, (method,))
+
+    def _pg_upsert(self, connection: Connection, batch: list[Row], stats: RowStats) -> WriteResult:
+        ordered = _in_write_order(batch, stats)
+        statement = _upsert(self.table, "postgresql")
+        # Rows per statement: the engine's insertmanyvalues_page_size, as for VALUES lists;
+        # pages follow each other in write order, so the call still locks in that order.
+        page = connection.dialect.insertmanyvalues_page_size or len(ordered)
+        inserted = changed = 0
+        for start in range(0, len(ordered), page):
+            columns = list(zip(*ordered[start : start + page], strict=True))
+            arrays = {name: list(columns[i]) for i, name in enumerate(_PARAM_NAMES, 1)}
+            flags = connection.execute(statement, arrays).scalars().all()
+            inserted += sum(1 for flag in flags if flag)
+            changed += len(flags)
+        return self._result(len(batch), len(ordered), inserted, changed, UPSERT)
+
+    def _sqlite_upsert(
+        self, connection: Connection, batch: list[Row], stats: RowStats
+    ) -> WriteResult:
+        ordered = _in_write_order(batch, stats)
+        # SQLite has no xmax: count the keys that already exist, in the same transaction.
+        existed = self._count_existing(connection, [row[1:5] for row in ordered])
+        changed = len(connection.execute(_upsert(self.table, "sqlite"), _params(ordered)).all())
+        return self._result(len(batch), len(ordered), len(ordered) - existed, changed, UPSERT)
+
+    def _sqlite_staged(
+        self,
+        connection: Connection,
+        first: list[Row],
+        rest: Iterator[Row],
+        stats: RowStats,
+        batch_size: int,
+    ) -> WriteResult:
+        stage, create, drop, counts, merge = _sqlite_statements(self.table)
+        connection.execute(create)
+        # A stage left over by a failed call that ran outside a transaction: start empty.
+        connection.execute(delete(stage))
+        batch = first
+        while batch:
+            connection.execute(insert(stage), _params(batch, with_ord=True))
+            batch = list(islice(rest, batch_size))
+        distinct, existed = connection.execute(counts).one()
+        changed = len(connection.execute(merge).all())
+        connection.execute(drop)
+        return self._result(stats.count, distinct, distinct - existed, changed, UPSERT)
+
+    def _count_existing(self, connection: Connection, keys: list[tuple[Any, ...]]) -> int:
+        table = self.table
+        key = tuple_(*(table.c[name] for name in KEY_COLUMNS))
+        existed = 0
+        for start in range(0, len(keys), _SQLITE_LOOKUP_CHUNK):
+            chunk = keys[start : start + _SQLITE_LOOKUP_CHUNK]
+            existed += connection.execute(
+                select(func.count()).select_from(table).where(key.in_(chunk))
+            ).scalar_one()
+        return int(existed)
+
+    @contextmanager
+    def _decompression(self, connection: Connection, own: bool) -> Iterator[None]:
+        """Lift TimescaleDB's decompression cap for the statements inside (see module doc)."""
+        limit = self.max_tuples_decompressed
+        if limit is None or not _has_decompression_setting(connection):
+            yield
+            return
+        params = {"name": DECOMPRESSION_SETTING, "value": str(limit)}
+        if own:
+            connection.execute(_SET_SETTING, params)
+            yield
+            return
+        previous = connection.execute(_SWAP_SETTING, params).scalar_one()
+        yield
+        connection.execute(_SET_SETTING, {"name": DECOMPRESSION_SETTING, "value": previous})
+
+
+def _has_decompression_setting(connection: Connection) -> bool:
+    # Asked once per database session: the setting exists once TimescaleDB is loaded in it.
+    info = connection.info
+    found = info.get(_HAS_SETTING)
+    if found is None:
+        value = connection.execute(_READ_SETTING, {"name": DECOMPRESSION_SETTING}).scalar()
+        found = info[_HAS_SETTING] = value is not None
+    return bool(found)
