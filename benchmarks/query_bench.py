@@ -2,21 +2,26 @@
 client and hand-written psycopg SQL (the baseline), with p50/p95 latencies and ratios.
 
     .venv/bin/python benchmarks/query_bench.py [--url postgresql://postgres@127.0.0.1:5432/bench_query]
-                                               [--rows 2000000] [--iterations 300] [--rounds 3]
-                                               [--reload]
+                                               [--rows 2000000] [--iterations 300] [--rounds 5]
+                                               [--reload] [--only latest metrics] [--json out.json]
 
 The database is created when missing; the table is loaded once with binary COPY (4 providers x
 100 symbols x 10 names, timestamps spread over the last 7 days, newest at load time) and kept
-for later runs (``--reload`` rebuilds it). Each round measures every query ``--iterations`` times
-per contender on the same argument sequence; the report gives the median over rounds of each
-percentile. The plan of every client query is checked for sequential scans first.
+for later runs (``--reload`` rebuilds it). The contenders are interleaved call by call (the order
+rotates with every argument), so a noisy neighbour on a shared machine slows all three alike.
+Each round measures every query ``--iterations`` times per contender on the same argument
+sequence; a ratio is client / baseline within one round, and the report gives the median over
+rounds of each percentile and of each ratio. The plan of every client query is checked for
+sequential scans first.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
+import re
 import statistics
 import sys
 import time
@@ -24,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import asyncpg
 import psycopg
 from psycopg.rows import dict_row
 from sqlalchemy import MetaData, Table
@@ -224,29 +230,25 @@ def async_calls(
     }
 
 
-def baseline_calls(
-    conn: psycopg.Connection[dict[str, Any]], w: Workload
-) -> dict[str, Callable[[tuple[Any, ...]], Any]]:
+def baseline_statements(w: Workload) -> dict[str, Callable[[tuple[Any, ...]], tuple[str, Any]]]:
+    """The hand-written SQL of each query and its parameters for one argument tuple."""
     start, end = w.history_window()
     origin = datetime(2000, 1, 3, tzinfo=UTC)
-
-    def run(sql: str, params: Any) -> list[dict[str, Any]]:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
 
     def now() -> datetime:
         return datetime.now(UTC)
 
     return {
-        "latest": lambda a: run(BASELINE["latest"], (a[0], a[1], 100)),
-        "latest_names": lambda a: run(BASELINE["latest_names"], (a[0], a[1], [a[2], a[3]], 100)),
-        "history": lambda a: run(BASELINE["history"], (a[0], a[1], start, end, 1000)),
-        "metrics": lambda a: run(
+        "latest": lambda a: (BASELINE["latest"], (a[0], a[1], 100)),
+        "latest_names": lambda a: (BASELINE["latest_names"], (a[0], a[1], [a[2], a[3]], 100)),
+        "history": lambda a: (BASELINE["history"], (a[0], a[1], start, end, 1000)),
+        "metrics": lambda a: (
             BASELINE["metrics"],
             {"p": a[0], "s": a[1], "n": a[2], "since": now() - timedelta(hours=24)},
         ),
-        "active": lambda a: run(BASELINE["active"], (a[0], now() - timedelta(minutes=5))),
-        "summary": lambda a: run(BASELINE["summary"], (a[0], now() - timedelta(hours=24))),
-        "buckets": lambda a: run(
+        "active": lambda a: (BASELINE["active"], (a[0], now() - timedelta(minutes=5))),
+        "summary": lambda a: (BASELINE["summary"], (a[0], now() - timedelta(hours=24))),
+        "buckets": lambda a: (
             BASELINE["buckets"],
             {
                 "w": timedelta(minutes=5),
@@ -261,32 +263,114 @@ def baseline_calls(
     }
 
 
+def baseline_calls(
+    conn: psycopg.Connection[dict[str, Any]], w: Workload
+) -> dict[str, Callable[[tuple[Any, ...]], Any]]:
+    """Hand-written psycopg: ``conn.execute(sql, params).fetchall()`` with dict rows."""
+    statements = baseline_statements(w)
+
+    def call(name: str) -> Callable[[tuple[Any, ...]], Any]:
+        def run(a: tuple[Any, ...]) -> list[dict[str, Any]]:
+            sql, params = statements[name](a)
+            return conn.execute(sql, params).fetchall()
+
+        return run
+
+    return {name: call(name) for name in statements}
+
+
+_DOLLAR: dict[str, tuple[str, list[str] | None]] = {}
+
+
+def dollar(sql: str, params: Any) -> tuple[str, list[Any]]:
+    """The same SQL with asyncpg's ``$n`` placeholders, and its positional arguments."""
+    try:
+        converted, names = _DOLLAR[sql]
+    except KeyError:
+        if isinstance(params, dict):
+            order: list[str] = []
+
+            def named(match: re.Match[str]) -> str:
+                if match.group(1) not in order:
+                    order.append(match.group(1))
+                return f"${order.index(match.group(1)) + 1}"
+
+            converted, names = re.sub(r"%\((\w+)\)s", named, sql), order
+        else:
+            counter = iter(range(1, 100))
+            converted, names = re.sub(r"%s", lambda m: f"${next(counter)}", sql), None
+        _DOLLAR[sql] = (converted, names)
+    return converted, (list(params) if names is None else [params[n] for n in names])
+
+
+def asyncpg_calls(
+    conn: asyncpg.Connection, w: Workload
+) -> dict[str, Callable[[tuple[Any, ...]], Awaitable[Any]]]:
+    """The same hand-written SQL on asyncpg: ``await conn.fetch(sql, *args)``."""
+    statements = baseline_statements(w)
+
+    def call(name: str) -> Callable[[tuple[Any, ...]], Awaitable[Any]]:
+        async def run(a: tuple[Any, ...]) -> list[Any]:
+            sql, args = dollar(*statements[name](a))
+            return await conn.fetch(sql, *args)
+
+        return run
+
+    return {name: call(name) for name in statements}
+
+
+async def asyncpg_connect(url: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
+    # JSON decoded as the clients return it.
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
+    )
+    return conn
+
+
 def sample(name: str, args: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     # The summary scans a day of one provider (~70k rows, ~150 ms): fewer calls keep runs short.
     return args[: max(20, len(args) // 10)] if name == "summary" else args
 
 
-def time_sync(call: Callable[[tuple[Any, ...]], Any], args: list[tuple[Any, ...]]) -> list[float]:
+def timed(call: Callable[[tuple[Any, ...]], Any], a: tuple[Any, ...]) -> float:
+    t0 = time.perf_counter()
+    call(a)
+    return (time.perf_counter() - t0) * 1000
+
+
+async def timed_async(
+    call: Callable[[tuple[Any, ...]], Awaitable[Any]], a: tuple[Any, ...]
+) -> float:
+    # Timed inside the coroutine: the event loop's own start-up per call is not the client's.
+    t0 = time.perf_counter()
+    await call(a)
+    return (time.perf_counter() - t0) * 1000
+
+
+CONTENDERS = ("baseline", "sync", "asyncpg", "async")
+
+
+def interleaved(
+    loop: asyncio.AbstractEventLoop,
+    calls: dict[str, Callable[[tuple[Any, ...]], Any]],
+    args: list[tuple[Any, ...]],
+) -> dict[str, list[float]]:
+    """Every argument runs on every contender back to back, the order rotating per argument."""
+
+    def one(who: str, a: tuple[Any, ...]) -> float:
+        if who in ("async", "asyncpg"):
+            return loop.run_until_complete(timed_async(calls[who], a))
+        return timed(calls[who], a)
+
     for a in args[:10]:  # warm-up: pool, statement caches, server-side prepares
-        call(a)
-    samples = []
-    for a in args:
-        t0 = time.perf_counter()
-        call(a)
-        samples.append((time.perf_counter() - t0) * 1000)
-    return samples
-
-
-async def time_async(
-    call: Callable[[tuple[Any, ...]], Awaitable[Any]], args: list[tuple[Any, ...]]
-) -> list[float]:
-    for a in args[:10]:
-        await call(a)
-    samples = []
-    for a in args:
-        t0 = time.perf_counter()
-        await call(a)
-        samples.append((time.perf_counter() - t0) * 1000)
+        for who in CONTENDERS:
+            one(who, a)
+    samples: dict[str, list[float]] = {who: [] for who in CONTENDERS}
+    for i, a in enumerate(args):
+        for k in range(len(CONTENDERS)):
+            who = CONTENDERS[(i + k) % len(CONTENDERS)]
+            samples[who].append(one(who, a))
     return samples
 
 
@@ -335,9 +419,10 @@ def main() -> int:
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/bench_query")
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reload", action="store_true")
     parser.add_argument("--only", nargs="*", help="query names to run")
+    parser.add_argument("--json", help="also write the medians and ratios to this file")
     args = parser.parse_args()
 
     ensure_database(args.url)
@@ -349,7 +434,7 @@ def main() -> int:
     work = Workload(args.iterations, newest)
     names = args.only or list(BASELINE)
     results: dict[str, dict[str, list[tuple[float, float]]]] = {
-        n: {"baseline": [], "sync": [], "async": []} for n in names
+        n: {who: [] for who in CONTENDERS} for n in names
     }
 
     def record(name: str, who: str, samples: list[float]) -> None:
@@ -357,33 +442,43 @@ def main() -> int:
 
     loop = asyncio.new_event_loop()
     for _ in range(args.rounds):
-        # The three contenders run back to back for each query, so all see the same data (the
-        # active window moves with the clock).
         conn = psycopg.connect(args.url, autocommit=True, row_factory=dict_row)
+        aconn = loop.run_until_complete(asyncpg_connect(args.url))
         client = SignalsQueryClient(args.url, table=table)
         aclient = AsyncSignalsQueryClient(args.url, table=table)
         with conn, client:
             loop.run_until_complete(aclient.__aenter__())
-            base, sync, asyn = (
-                baseline_calls(conn, work),
-                sync_calls(client, work),
-                async_calls(aclient, work),
-            )
+            contenders = {
+                "baseline": baseline_calls(conn, work),
+                "sync": sync_calls(client, work),
+                "asyncpg": asyncpg_calls(aconn, work),
+                "async": async_calls(aclient, work),
+            }
             for n in names:
-                calls = sample(n, work.args)
-                record(n, "baseline", time_sync(base[n], calls))
-                record(n, "sync", time_sync(sync[n], calls))
-                record(n, "async", loop.run_until_complete(time_async(asyn[n], calls)))
+                calls = {who: made[n] for who, made in contenders.items()}
+                for who, samples in interleaved(loop, calls, sample(n, work.args)).items():
+                    record(n, who, samples)
             loop.run_until_complete(aclient.__aexit__(None, None, None))
+        loop.run_until_complete(aconn.close())
     loop.close()
 
     print(
-        f"\n{args.rows:,} rows, {args.iterations} calls x {args.rounds} rounds; "
-        "median over rounds of p50 / p95 in ms; ratio = client / baseline"
+        f"\n{args.rows:,} rows, {args.iterations} calls x {args.rounds} rounds, contenders "
+        "interleaved; median over rounds of p50 / p95 in ms; ratios of p50 per round, then the "
+        "median: sync and async to hand-written psycopg (the target), async also to asyncpg"
     )
-    columns = ("baseline", "sync", "ratio", "async", "ratio")
-    print(f"{'query':13s} " + " ".join(f"{c:>{11 if c == 'ratio' else 15}s}" for c in columns))
+    head = (
+        ("psycopg", 15),
+        ("sync", 15),
+        ("ratio", 8),
+        ("asyncpg", 15),
+        ("async", 15),
+        ("ratio", 8),
+        ("/asyncpg", 8),
+    )
+    print(f"{'query':13s} " + " ".join(f"{c:>{width}s}" for c, width in head))
     ok = plans_ok
+    report: dict[str, Any] = {}
     for n in names:
         med = {
             k: (
@@ -392,19 +487,39 @@ def main() -> int:
             )
             for k, v in results[n].items()
         }
-        b = med["baseline"]
-        cells = [f"{n:13s}", f"{b[0]:6.2f} / {b[1]:6.2f}"]
-        for k in ("sync", "async"):
-            r50, r95 = med[k][0] / b[0], med[k][1] / b[1]
-            cells += [f"{med[k][0]:6.2f} / {med[k][1]:6.2f}", f"{r50:4.2f}/{r95:4.2f}"]
-            ok &= r50 <= TARGET_RATIO
-            if n in TARGET_P95_MS:
-                ok &= med[k][1] <= TARGET_P95_MS[n]
+
+        def ratio(who: str, to: str, name: str = n) -> float:
+            pairs = zip(results[name][who], results[name][to], strict=True)
+            return statistics.median(c[0] / b[0] for c, b in pairs)
+
+        sync_r, async_r, async_pg = (
+            ratio("sync", "baseline"),
+            ratio("async", "baseline"),
+            ratio("async", "asyncpg"),
+        )
+        cells = [f"{n:13s}"] + [
+            f"{med[who][0]:6.2f} / {med[who][1]:6.2f}" for who in ("baseline", "sync")
+        ]
+        cells += [f"{sync_r:8.2f}", f"{med['asyncpg'][0]:6.2f} / {med['asyncpg'][1]:6.2f}"]
+        cells += [f"{med['async'][0]:6.2f} / {med['async'][1]:6.2f}"]
+        cells += [f"{async_r:8.2f}", f"{async_pg:8.2f}"]
         print(" ".join(cells))
+        report[n] = {
+            **{who: med[who] for who in CONTENDERS},
+            "sync_ratio": sync_r,
+            "async_ratio": async_r,
+            "async_to_asyncpg": async_pg,
+        }
+        ok &= sync_r <= TARGET_RATIO and async_r <= TARGET_RATIO
+        if n in TARGET_P95_MS:
+            ok &= med["sync"][1] <= TARGET_P95_MS[n] and med["async"][1] <= TARGET_P95_MS[n]
     print(
         f"\ntargets: latest/metrics/active p95 <= 5 ms; p50 ratio <= {TARGET_RATIO}; "
         f"no Seq Scan (summary exempt): {'MET' if ok else 'NOT MET'}"
     )
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=1)
     return 0 if ok else 1
 
 

@@ -1,14 +1,33 @@
-"""The query clients' direct driver path behaves like ``Connection.execute`` (postgres tier)."""
+"""The query clients' direct driver path behaves like ``Connection.execute`` (postgres tier).
+
+:class:`sa_signals.read.direct.DirectRunner` runs a plan on the pooled driver connection when
+nothing would see the difference; these tests pin when it does (every spec query, names bound
+as one array included) and when it steps aside (any execution listener, SQL logging, execution
+options), and that the answers are the same either way.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, event, insert
-from sqlalchemy.exc import DBAPIError, ProgrammingError
+from sqlalchemy import Engine, MetaData, create_engine, event, insert
+from sqlalchemy.util import greenlet_spawn
 
-from sa_signals import AsyncSignalsQueryClient, SignalsQueryClient, signals_table
+from sa_signals import AsyncSignalsQueryClient, QueryError, SignalsQueryClient, signals_table
+from sa_signals.read.direct import CONNECTION_EVENTS, DIALECT_EVENTS, DirectRunner
+from sa_signals.read.queries import (
+    QueryPlan,
+    plan_active,
+    plan_buckets,
+    plan_history,
+    plan_latest,
+    plan_metrics,
+    plan_summary,
+)
 
 from .conftest import Database
 
@@ -26,26 +45,105 @@ def _seed(db: Database, count: int = 3) -> None:
                     "ts": NOW - timedelta(seconds=i),
                     "name": "n",
                     "value": float(i),
+                    "metadata": {"i": i},
                 }
                 for i in range(count)
             ],
         )
 
 
-def test_missing_table_raises_sqlalchemy_error_once(postgres_db: Database) -> None:
-    missing = signals_table(MetaData(), "absent", schema=postgres_db.schema, timescale=None)
-    with SignalsQueryClient(postgres_db.url, table=missing) as client:
-        statements: list[str] = []
-        with pytest.raises(ProgrammingError, match="absent"):
-            client.get_signals_history("p", "SPY", start_ts=NOW - timedelta(hours=1))
-        # The pool connection is healthy: the next call on an existing table works.
-        event.listen(
-            client.engine, "before_cursor_execute", lambda *args: statements.append(args[2])
-        )
-        with pytest.raises(ProgrammingError):
-            client.get_signal_metrics("p", "SPY", "n")
-        # With a listener the ordinary path runs, and it sees exactly one attempt.
-        assert len(statements) == 1
+def _plans(db: Database, engine: Engine) -> dict[str, QueryPlan[Any]]:
+    table, dialect = db.table, engine.dialect
+    start = NOW - timedelta(hours=1)
+    return {
+        "latest": plan_latest(table, dialect, "p", "SPY", 10),
+        "latest_names": plan_latest(table, dialect, "p", "SPY", 10, ["n", "m"]),
+        "history": plan_history(table, dialect, "p", "SPY", start, None, ["n"]),
+        "metrics": plan_metrics(table, dialect, "p", "SPY", "n"),
+        "active": plan_active(table, dialect, "p"),
+        "summary": plan_summary(table, dialect, "p"),
+        "buckets": plan_buckets(table, "date_bin", "p", "SPY", "n", timedelta(minutes=1)),
+    }
+
+
+def _ordinary(engine: Engine, plan: QueryPlan[Any]) -> Any:
+    assert plan.statement is not None
+    with engine.connect() as connection:
+        return plan.finish(connection.execute(plan.statement, plan.parameters).all())
+
+
+def test_every_spec_query_runs_directly_with_the_ordinary_answer(postgres_db: Database) -> None:
+    _seed(postgres_db)
+    engine = create_engine(postgres_db.url)
+    try:
+        runner = DirectRunner(engine)
+        for name, plan in _plans(postgres_db, engine).items():
+            for _ in range(2):  # the first run also learns the result types
+                rows = runner.rows(plan)
+                assert rows is not None, name
+                assert plan.finish(rows) == _ordinary(engine, plan), name
+    finally:
+        engine.dispose()
+
+
+async def test_every_spec_query_runs_directly_on_asyncpg(postgres_db: Database) -> None:
+    _seed(postgres_db)
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(postgres_db.async_url)
+    sync = create_engine(postgres_db.url)
+    try:
+        runner = DirectRunner(engine.sync_engine)
+        for name, plan in _plans(postgres_db, engine.sync_engine).items():
+            rows = await greenlet_spawn(runner.rows, plan)
+            assert rows is not None, name
+            assert plan.finish(rows) == _ordinary(sync, plan), name
+    finally:
+        await engine.dispose()
+        sync.dispose()
+
+
+def _listener(event_name: str, seen: list[str]) -> Callable[..., Any]:
+    def listen(*args: Any, **kwargs: Any) -> Any:
+        seen.append(event_name)
+
+    return listen
+
+
+@pytest.mark.parametrize("event_name", CONNECTION_EVENTS + DIALECT_EVENTS)
+def test_any_execution_listener_turns_the_direct_path_off(
+    postgres_db: Database, event_name: str
+) -> None:
+    engine = create_engine(postgres_db.url)
+    try:
+        plan = _plans(postgres_db, engine)["metrics"]
+        runner = DirectRunner(engine)
+        assert runner.rows(plan) is not None
+        seen: list[str] = []
+        event.listen(engine, event_name, _listener(event_name, seen))
+        assert runner.rows(plan) is None
+    finally:
+        engine.dispose()
+
+
+def test_sql_logging_and_execution_options_turn_the_direct_path_off(
+    postgres_db: Database,
+) -> None:
+    engine = create_engine(postgres_db.url)
+    try:
+        plan = _plans(postgres_db, engine)["latest"]
+        assert DirectRunner(engine).rows(plan) is not None
+        logger = logging.getLogger("sqlalchemy.engine")
+        level = logger.level
+        logger.setLevel(logging.INFO)
+        try:
+            assert DirectRunner(engine).rows(plan) is None
+        finally:
+            logger.setLevel(level)
+        options = engine.execution_options(schema_translate_map={None: "elsewhere"})
+        assert DirectRunner(options).rows(plan) is None
+    finally:
+        engine.dispose()
 
 
 def test_listener_on_the_engine_sees_every_query(postgres_db: Database) -> None:
@@ -60,21 +158,35 @@ def test_listener_on_the_engine_sees_every_query(postgres_db: Database) -> None:
     assert all(row["ts"].utcoffset() == timedelta(0) for row in direct)
 
 
-def test_killed_backend_raises_then_the_client_recovers(postgres_db: Database) -> None:
+def test_a_failing_query_runs_once(postgres_db: Database) -> None:
+    missing = signals_table(MetaData(), "absent", schema=postgres_db.schema, timescale=None)
+    with SignalsQueryClient(postgres_db.url, table=missing) as client:
+        with pytest.raises(QueryError, match="absent"):
+            client.get_signals_history("p", "SPY", start_ts=NOW - timedelta(hours=1))
+        # With a listener the ordinary path runs, and it sees exactly one attempt.
+        statements: list[str] = []
+        event.listen(
+            client.engine, "before_cursor_execute", lambda *args: statements.append(args[2])
+        )
+        with pytest.raises(QueryError):
+            client.get_signal_metrics("p", "SPY", "n")
+        assert len(statements) == 1
+
+
+def test_killed_backend_is_discarded_then_the_client_recovers(postgres_db: Database) -> None:
     _seed(postgres_db)
     with SignalsQueryClient(postgres_db.url, table=postgres_db.table) as client:
         assert client.get_signal_metrics("p", "SPY", "n")["signal_count"] == 3
         with client.engine.connect() as conn:
             pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
         postgres_db.sql("SELECT pg_terminate_backend(:pid)", pid=pid)
-        with pytest.raises(DBAPIError) as excinfo:
+        with pytest.raises(QueryError):
             client.get_signal_metrics("p", "SPY", "n")
-        assert excinfo.value.connection_invalidated
         assert client.get_signal_metrics("p", "SPY", "n")["signal_count"] == 3
 
 
-async def test_async_missing_table_raises_sqlalchemy_error(postgres_db: Database) -> None:
+async def test_async_missing_table_raises_query_error(postgres_db: Database) -> None:
     missing = signals_table(MetaData(), "absent", schema=postgres_db.schema, timescale=None)
     async with AsyncSignalsQueryClient(postgres_db.async_url, table=missing) as client:
-        with pytest.raises(ProgrammingError, match="absent"):
+        with pytest.raises(QueryError, match="absent"):
             await client.get_signals_history("p", "SPY", start_ts=NOW - timedelta(hours=1))

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import event, insert
 from sqlalchemy.pool import NullPool
 
-from sa_signals import InvalidQueryError
+from sa_signals import AsyncSignalsQueryClient, InvalidQueryError
 from sa_signals.read.query_client import SignalsQueryClient
 
 from .conftest import Database
@@ -422,6 +422,60 @@ def test_buckets_default_window_is_last_24_hours(db: Database) -> None:
     assert [row["last_value"] for row in got] == [1.0]
 
 
+def test_bucket_windows_count_back_from_the_end(db: Database) -> None:
+    real_now = datetime.now(UTC)
+    ago = {"10m": 10, "50m": 50, "3h": 180, "30h": 1800}
+    seed(db, [signal(real_now - timedelta(minutes=m), "px", float(m)) for m in ago.values()])
+    day = timedelta(days=1)
+
+    def total(rows: list[Any]) -> float:
+        return sum(row["signal_count"] for row in rows)
+
+    with client_for(db) as client:
+        assert total(client.get_signal_buckets("ibkr_primary", "SPY", "px", day)) == 3
+        assert total(client.get_signal_buckets("ibkr_primary", "SPY", "px", day, hours_back=2)) == 2
+        assert (
+            total(client.get_signal_buckets("ibkr_primary", "SPY", "px", day, hours_back=48)) == 4
+        )
+        assert (
+            total(client.get_signal_buckets("ibkr_primary", "SPY", "px", day, minutes_back=30)) == 1
+        )
+        earlier = client.get_signal_buckets(
+            "ibkr_primary", "SPY", "px", day, hours_back=3.5, end_ts=real_now - timedelta(hours=1)
+        )
+        assert [row["last_value"] for row in earlier] == [180.0]
+
+
+async def test_async_bucket_windows(db: Database) -> None:
+    real_now = datetime.now(UTC)
+    seed(db, [signal(real_now - timedelta(minutes=m), "px", float(m)) for m in (5, 40, 200)])
+    options: dict[str, Any] = {"poolclass": NullPool} if db.tier == "timescale" else {}
+    async with AsyncSignalsQueryClient(db.async_url, table=db.table, **options) as client:
+        rows = await client.get_signal_buckets(
+            "ibkr_primary", "SPY", "px", timedelta(days=1), minutes_back=60
+        )
+    assert sum(row["signal_count"] for row in rows) == 2
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        {"hours_back": 1, "minutes_back": 30},
+        {"hours_back": 1, "start_ts": datetime(2026, 1, 1, tzinfo=UTC)},
+        {"minutes_back": 5, "start_ts": datetime(2026, 1, 1, tzinfo=UTC)},
+        {"hours_back": 0},
+        {"hours_back": -2},
+        {"minutes_back": math.nan},
+        {"hours_back": True},
+        {"minutes_back": "5"},
+        {"hours_back": 1e30},
+    ],
+)
+def test_invalid_bucket_windows(sqlite_db: Database, window: dict[str, Any]) -> None:
+    with client_for(sqlite_db) as client, pytest.raises(InvalidQueryError):
+        client.get_signal_buckets("p", "SPY", "n", timedelta(minutes=1), **window)
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -453,6 +507,9 @@ def test_buckets_default_window_is_last_24_hours(db: Database) -> None:
         ("get_signal_summary", {"hours_back": -0.5}),
         ("get_signal_buckets", {"bucket": timedelta(0)}),
         ("get_signal_buckets", {"bucket": 60}),
+        ("get_latest_signals", {"limit": 2**31}),
+        ("get_latest_signals", {"signal_names": ["ok", 3]}),
+        ("get_signal_summary", {"provider": "a\x00"}),
     ],
 )
 def test_invalid_arguments_raise_invalid_query_error(

@@ -5,7 +5,9 @@ rely only on ``self.session`` and ``self.table``, so a write repository can inhe
 ``session`` may also be a Core ``Connection`` / ``AsyncConnection`` (the clients pass one: it
 spares the ORM session's bookkeeping on every call). Both
 are thin shells over the plans of :mod:`sa_signals.read.queries`; the async class has the same
-method names and awaits the same plans.
+method names and awaits the same plans. Bad arguments raise
+:class:`~sa_signals.errors.InvalidQueryError` before any SQL is sent; any failure of the query
+itself raises :class:`~sa_signals.errors.QueryError` (the driver's error as ``__cause__``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
-from ..schema.model import Signal, resolve_table
+from ..schema.model import resolve_table
+from .failures import driver_error, query_error
 from .queries import (
     TIMESCALE_PROBE,
     ActiveSignal,
@@ -62,9 +65,37 @@ def _sync_bind(session: Session | Connection) -> Engine | Connection:
     return session.get_bind() if isinstance(session, Session) else session
 
 
-def _default_table() -> Table:
-    table: Table = Signal.__table__
-    return table
+def _known_bucket_function(engine: Engine) -> BucketFunction | None:
+    if engine.dialect.name != "postgresql":
+        return bucket_function_for(engine.dialect, False)
+    has_timescale = _TIMESCALE.get(engine)
+    return None if has_timescale is None else bucket_function_for(engine.dialect, has_timescale)
+
+
+def _bucket_plan(
+    table: Table,
+    function: BucketFunction,
+    provider: str,
+    symbol: str,
+    signal_name: str,
+    bucket: timedelta,
+    start_ts: datetime | None,
+    end_ts: datetime | None,
+    hours_back: float | None,
+    minutes_back: float | None,
+) -> QueryPlan[list[SignalBucket]]:
+    return plan_buckets(
+        table,
+        function,
+        provider,
+        symbol,
+        signal_name,
+        bucket,
+        start_ts,
+        end_ts,
+        hours_back=hours_back,
+        minutes_back=minutes_back,
+    )
 
 
 class SignalQueryMethods:
@@ -80,17 +111,35 @@ class SignalQueryMethods:
             else (self.session.get_bind().dialect)
         )
 
+    def _query_engine(self) -> Engine:
+        return _engine_of(_sync_bind(self.session))
+
     def _run_plan(self, plan: QueryPlan[T]) -> T:
         if plan.statement is None:
             return plan.finish([])
-        return plan.finish(self.session.execute(plan.statement, plan.parameters).all())
+        try:
+            rows = self.session.execute(plan.statement, plan.parameters).all()
+        except Exception as exc:
+            raise query_error(exc, self.table) from driver_error(exc)
+        return plan.finish(rows)
+
+    def _has_timescale(self) -> bool:
+        return self.session.execute(TIMESCALE_PROBE).first() is not None
+
+    def _known_bucket_function(self) -> BucketFunction | None:
+        """The bucketing function, or ``None`` until the database has been asked."""
+        return _known_bucket_function(self._query_engine())
 
     def _bucket_function(self) -> BucketFunction:
-        engine = _engine_of(_sync_bind(self.session))
-        if engine.dialect.name == "postgresql" and engine not in _TIMESCALE:
-            found = self.session.execute(TIMESCALE_PROBE).first() is not None
-            _TIMESCALE[engine] = found
-        return bucket_function_for(engine.dialect, _TIMESCALE.get(engine, False))
+        known = self._known_bucket_function()
+        if known is not None:
+            return known
+        engine = self._query_engine()
+        try:
+            _TIMESCALE[engine] = self._has_timescale()
+        except Exception as exc:
+            raise query_error(exc, self.table) from driver_error(exc)
+        return bucket_function_for(engine.dialect, _TIMESCALE[engine])
 
     def get_latest_signals(
         self,
@@ -154,25 +203,32 @@ class SignalQueryMethods:
         signal_name: str,
         bucket: timedelta = timedelta(minutes=1),
         *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
         start_ts: datetime | None = None,
         end_ts: datetime | None = None,
     ) -> list[SignalBucket]:
         """Per-bucket count/min/max/avg/last of one series, oldest bucket first.
 
-        ``end_ts=None`` means now, ``start_ts=None`` 24 hours before ``end_ts``.
+        The window ends at ``end_ts`` (``None``: now) and starts ``hours_back`` hours or
+        ``minutes_back`` minutes before it, or at ``start_ts`` (at most one of the three; by
+        default 24 hours).
         """
-        return self._run_plan(
-            plan_buckets(
-                self.table,
-                self._bucket_function(),
-                provider,
-                symbol,
-                signal_name,
-                bucket,
-                start_ts,
-                end_ts,
-            )
+        arguments = (
+            provider,
+            symbol,
+            signal_name,
+            bucket,
+            start_ts,
+            end_ts,
+            hours_back,
+            minutes_back,
         )
+        function = self._known_bucket_function()
+        if function is None:
+            _bucket_plan(self.table, "date_bin", *arguments)  # arguments checked before any SQL
+            function = self._bucket_function()
+        return self._run_plan(_bucket_plan(self.table, function, *arguments))
 
 
 class AsyncSignalQueryMethods:
@@ -191,18 +247,37 @@ class AsyncSignalQueryMethods:
     def _query_dialect(self) -> Dialect:
         return self._sync_bind().dialect
 
+    def _query_engine(self) -> Engine:
+        return _engine_of(self._sync_bind())
+
     async def _run_plan(self, plan: QueryPlan[T]) -> T:
         if plan.statement is None:
             return plan.finish([])
-        result = await self.session.execute(plan.statement, plan.parameters)
-        return plan.finish(result.all())
+        try:
+            result = await self.session.execute(plan.statement, plan.parameters)
+            rows = result.all()
+        except Exception as exc:
+            raise query_error(exc, self.table) from driver_error(exc)
+        return plan.finish(rows)
+
+    async def _has_timescale(self) -> bool:
+        result = await self.session.execute(TIMESCALE_PROBE)
+        return result.first() is not None
+
+    def _known_bucket_function(self) -> BucketFunction | None:
+        """The bucketing function, or ``None`` until the database has been asked."""
+        return _known_bucket_function(self._query_engine())
 
     async def _bucket_function(self) -> BucketFunction:
-        engine = _engine_of(self._sync_bind())
-        if engine.dialect.name == "postgresql" and engine not in _TIMESCALE:
-            result = await self.session.execute(TIMESCALE_PROBE)
-            _TIMESCALE[engine] = result.first() is not None
-        return bucket_function_for(engine.dialect, _TIMESCALE.get(engine, False))
+        known = self._known_bucket_function()
+        if known is not None:
+            return known
+        engine = self._query_engine()
+        try:
+            _TIMESCALE[engine] = await self._has_timescale()
+        except Exception as exc:
+            raise query_error(exc, self.table) from driver_error(exc)
+        return bucket_function_for(engine.dialect, _TIMESCALE[engine])
 
     async def get_latest_signals(
         self,
@@ -270,22 +345,27 @@ class AsyncSignalQueryMethods:
         signal_name: str,
         bucket: timedelta = timedelta(minutes=1),
         *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
         start_ts: datetime | None = None,
         end_ts: datetime | None = None,
     ) -> list[SignalBucket]:
         """Async :meth:`SignalQueryMethods.get_signal_buckets`."""
-        return await self._run_plan(
-            plan_buckets(
-                self.table,
-                await self._bucket_function(),
-                provider,
-                symbol,
-                signal_name,
-                bucket,
-                start_ts,
-                end_ts,
-            )
+        arguments = (
+            provider,
+            symbol,
+            signal_name,
+            bucket,
+            start_ts,
+            end_ts,
+            hours_back,
+            minutes_back,
         )
+        function = self._known_bucket_function()
+        if function is None:
+            _bucket_plan(self.table, "date_bin", *arguments)  # arguments checked before any SQL
+            function = await self._bucket_function()
+        return await self._run_plan(_bucket_plan(self.table, function, *arguments))
 
 
 class SignalQueryRepository(SignalQueryMethods):
