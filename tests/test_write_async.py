@@ -84,7 +84,8 @@ async def test_bad_3000th_signal_leaves_table_unchanged(db: Database) -> None:
 @pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
 @pytest.mark.parametrize(
     ("size", "methods"),
-    [(49, ("UPSERT",)), (50, ("COPY",)), (51, ("COPY",))],
+    # New keys at or above the threshold take the append fast path (COPY into the table).
+    [(49, ("UPSERT",)), (50, ("COPY", "APPEND")), (51, ("COPY", "APPEND"))],
     ids=["threshold-1", "threshold", "threshold+1"],
 )
 async def test_batch_sizes_around_the_threshold(

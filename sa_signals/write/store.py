@@ -40,6 +40,7 @@ from ..errors import ClientStateError, ConfigurationError, WriteError
 from ..metrics import write_metrics
 from ..result import WriteResult
 from ..schema.model import resolve_table
+from .frames import is_frame
 from .writer import (
     DEFAULT_MAX_TUPLES_DECOMPRESSED,
     Progress,
@@ -132,8 +133,10 @@ class _ClientBase:
             )
 
     def _attempts(self, signals: Iterable[Any]) -> int:
-        # Only inputs that can be iterated again are retried.
-        return self.max_attempts if isinstance(signals, Collection) else 1
+        # Only inputs that can be read again are retried (DataFrames can).
+        if isinstance(signals, Collection) or is_frame(signals):
+            return self.max_attempts
+        return 1
 
     def _run(
         self, connection: Connection, signals: Iterable[Any], size: int, progress: Progress

@@ -40,11 +40,22 @@ from sqlalchemy.schema import CreateTable, DropTable
 from sqlalchemy.sql.dml import Insert
 
 from ..errors import ConfigurationError, WriteError
-from ..result import COPY, UPSERT, WriteResult
+from ..result import APPEND, COPY, UPSERT, WriteResult
 from ..schema.model import KEY_COLUMNS
+from .append import (
+    TABLE_COLUMNS,
+    copy_bytes,
+    copy_rows_into_table,
+    is_unique_violation,
+    probe_statement,
+    series_ranges,
+)
 from .copy import copy_rows, driver_error, supports_copy
+from .frames import is_frame
 from .statements import (
     STAGE_COLUMNS,
+    STAGE_NAME,
+    STAGE_SCHEMA,
     MergeKind,
     merge_statement,
     sqlite_merge,
@@ -220,6 +231,8 @@ class Writer:
         ``own_transaction``: the transaction holds this call only (a client's), so the staging
         table and the decompression setting need no cleaning up for later statements.
         """
+        if is_frame(signals):
+            return self._write_frame(connection, signals, batch_size, own_transaction, progress)
         stats = RowStats(batch_size)
         rows = validate_signals(signals, stats=stats)
         try:
@@ -227,15 +240,109 @@ class Writer:
         except BaseException as exc:
             if exc is stats.error:  # the caller's iterable, or InvalidSignalError
                 raise
-            error = database_error(exc)
-            if error is None and supports_copy(connection):
-                error = driver_error(connection, exc)
-            if error is None:
+            error = _failure(connection, exc)
+            if error is exc:
                 raise
             raise error from exc
         finally:
             rows.close()
             progress.received = stats.count
+
+    def _write_frame(
+        self,
+        connection: Connection,
+        frame: Any,
+        batch_size: int,
+        own: bool,
+        progress: Progress,
+    ) -> WriteResult:
+        """A DataFrame: validated by columns, then COPY-encoded by pgpq (see ``frames``)."""
+        from .frames import encode_copy, frame_rows
+
+        rows = frame_rows(frame)  # InvalidSignalError before any SQL
+        progress.received = count = rows.count
+        if not count:
+            return WriteResult()
+        try:
+            if (
+                connection.dialect.name != "postgresql"
+                or not supports_copy(connection)
+                or count < self.batch_threshold
+            ):
+                # The ordinary path, from rows already validated.
+                stats = RowStats(batch_size)
+                stats.count, stats.duplicates = count, count - rows.distinct
+                return self._write(connection, rows.rows(), stats, batch_size, own, progress)
+            progress.method = COPY
+            chunk = max(batch_size, 1)
+            if rows.distinct == count:
+                ranges = rows.series_ranges()
+                probe = {
+                    "providers": ranges.column("provider").to_pylist(),
+                    "symbols": ranges.column("symbol").to_pylist(),
+                    "names": ranges.column("name").to_pylist(),
+                    "lows": ranges.column("ts_min").to_pylist(),
+                    "highs": ranges.column("ts_max").to_pylist(),
+                }
+                table = self.table
+                appended = self._append(
+                    connection,
+                    probe,
+                    own,
+                    lambda: copy_bytes(
+                        connection,
+                        table.schema,
+                        table.name,
+                        TABLE_COLUMNS,
+                        encode_copy(rows.table, TABLE_COLUMNS, jsonb=True, chunk=chunk),
+                    ),
+                    count,
+                )
+                if appended is not None:
+                    return appended
+            dialect = connection.dialect
+            connection.execute(stage_ddl(dialect))
+            copy_bytes(
+                connection,
+                STAGE_SCHEMA,
+                STAGE_NAME,
+                STAGE_COLUMNS,
+                encode_copy(rows.table, STAGE_COLUMNS, jsonb=False, chunk=chunk),
+            )
+            if rows.distinct == count:
+                return self._merge_stage(connection, count, MergeKind.SORTED, count, own)
+            return self._merge_stage(connection, count, MergeKind.DEDUPLICATED, rows.distinct, own)
+        except BaseException as exc:
+            error = _failure(connection, exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _append(
+        self,
+        connection: Connection,
+        probe: dict[str, list[Any]],
+        own: bool,
+        copy: Any,
+        count: int,
+    ) -> WriteResult | None:
+        """The append fast path (see :mod:`.append`); ``None``: merge instead."""
+        table = self.table
+        found = connection.execute(probe_statement(table, connection.dialect), probe).scalar()
+        if found:
+            return None
+        with self._decompression(connection, own):
+            savepoint = connection.begin_nested()
+            try:
+                copy()
+            except BaseException as exc:
+                if not is_unique_violation(exc):
+                    raise  # the caller rolls back (a lost connection must not be used here)
+                # A concurrent writer got one of the keys after the probe: merge instead.
+                savepoint.rollback()
+                return None
+            savepoint.commit()
+        return WriteResult(count, count, 0, 0, (COPY, APPEND))
 
     def _write(
         self,
@@ -264,6 +371,19 @@ class Writer:
         if following is None and (len(first) < self.batch_threshold or not copy_ok):
             with self._decompression(connection, own):
                 return self._pg_upsert(connection, first, stats)
+        if following is None and (stats.ordered or stats.duplicates == 0):
+            # All of the call is here, keys unique: the append fast path may apply.
+            progress.method = COPY
+            table = self.table
+            appended = self._append(
+                connection,
+                series_ranges(first),
+                own,
+                lambda: copy_rows_into_table(connection, table, first),
+                len(first),
+            )
+            if appended is not None:
+                return appended
 
         connection.execute(stage_ddl(dialect))
         batch, staged = first, 0
@@ -280,19 +400,37 @@ class Writer:
             staged += len(batch)
             batch = list(islice(rest, batch_size))
         received = stats.count
+        return self._merge_stage_stats(connection, received, stats, own, progress.method)
+
+    def _merge_stage_stats(
+        self, connection: Connection, received: int, stats: RowStats, own: bool, method: str
+    ) -> WriteResult:
         if stats.ordered or stats.duplicates == 0:
             kind, distinct = MergeKind.SORTED, received
         elif stats.duplicates is not None:
             kind, distinct = MergeKind.DEDUPLICATED, received - stats.duplicates
         else:
             kind, distinct = MergeKind.COUNTED, -1
+        return self._merge_stage(connection, received, kind, distinct, own, method)
+
+    def _merge_stage(
+        self,
+        connection: Connection,
+        received: int,
+        kind: MergeKind,
+        distinct: int,
+        own: bool,
+        method: str = COPY,
+    ) -> WriteResult:
+        """Merge the staging table into the table, then empty it unless the call owns it."""
+        dialect = connection.dialect
         with self._decompression(connection, own):
             counted, inserted, changed = connection.execute(_merge(self.table, dialect, kind)).one()
         if not own:
             connection.execute(truncate_stage(dialect))
         if kind is MergeKind.COUNTED:
             distinct = int(counted)
-        return self._result(received, distinct, inserted, changed, progress.method)
+        return self._result(received, distinct, inserted, changed, method)
 
     @staticmethod
     def _result(
@@ -371,6 +509,14 @@ class Writer:
         previous = connection.execute(_SWAP_SETTING, params).scalar_one()
         yield
         connection.execute(_SET_SETTING, {"name": DECOMPRESSION_SETTING, "value": previous})
+
+
+def _failure(connection: Connection, exc: BaseException) -> BaseException:
+    """The :class:`WriteError` for a database or driver failure, else ``exc`` itself."""
+    error = database_error(exc)
+    if error is None and supports_copy(connection):
+        error = driver_error(connection, exc)
+    return exc if error is None else error
 
 
 def _has_decompression_setting(connection: Connection) -> bool:
