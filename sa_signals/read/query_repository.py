@@ -15,7 +15,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import Dialect
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from ..schema.model import resolve_table
 from .failures import driver_error, query_error
+from .frames import Format, Shape, check_format, convert, frame_from_result, require_pyarrow
 from .queries import (
     TIMESCALE_PROBE,
     ActiveSignal,
@@ -42,6 +43,9 @@ from .queries import (
 )
 
 if TYPE_CHECKING:
+    import pandas
+    import polars
+    import pyarrow
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 __all__ = [
@@ -123,6 +127,14 @@ class SignalQueryMethods:
             raise query_error(exc, self.table) from driver_error(exc)
         return plan.finish(rows)
 
+    def _run_frame(self, plan: QueryPlan[Any], shape: Shape, format: object) -> Any:
+        """Run ``plan``; its result in ``format`` (see :mod:`sa_signals.read.frames`)."""
+        checked = check_format(format)
+        if checked == "dicts":
+            return self._run_plan(plan)
+        require_pyarrow()  # before any SQL
+        return convert(frame_from_result(self._run_plan(plan), shape), checked)
+
     def _has_timescale(self) -> bool:
         return self.session.execute(TIMESCALE_PROBE).first() is not None
 
@@ -141,17 +153,117 @@ class SignalQueryMethods:
             raise query_error(exc, self.table) from driver_error(exc)
         return bucket_function_for(engine.dialect, _TIMESCALE[engine])
 
+    @overload
     def get_latest_signals(
         self,
         provider: str,
         symbol: str,
         limit: int = 100,
         signal_names: Iterable[str] | None = None,
-    ) -> list[SignalRecord]:
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalRecord]: ...
+
+    @overload
+    def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
+
+    def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """The ``limit`` newest signals of ``provider``/``symbol``, newest first then by name."""
-        return self._run_plan(
-            plan_latest(self.table, self._query_dialect(), provider, symbol, limit, signal_names)
+        return self._run_frame(
+            plan_latest(self.table, self._query_dialect(), provider, symbol, limit, signal_names),
+            "records",
+            format,
         )
+
+    @overload
+    def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalRecord]: ...
+
+    @overload
+    def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
 
     def get_signals_history(
         self,
@@ -161,9 +273,11 @@ class SignalQueryMethods:
         end_ts: datetime | None = None,
         signal_names: Iterable[str] | None = None,
         limit: int = 1000,
-    ) -> list[SignalRecord]:
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """Signals with ``start_ts <= ts <= end_ts`` (``None``: now), newest first."""
-        return self._run_plan(
+        return self._run_frame(
             plan_history(
                 self.table,
                 self._query_dialect(),
@@ -173,7 +287,9 @@ class SignalQueryMethods:
                 end_ts,
                 signal_names,
                 limit,
-            )
+            ),
+            "records",
+            format,
         )
 
     def get_signal_metrics(
@@ -186,15 +302,119 @@ class SignalQueryMethods:
             )
         )
 
-    def get_active_signals(self, provider: str, minutes_back: float = 5) -> list[ActiveSignal]:
+    @overload
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[ActiveSignal]: ...
+
+    @overload
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
+
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """The latest signal per ``(symbol, name)`` seen in the last ``minutes_back`` minutes."""
-        return self._run_plan(
-            plan_active(self.table, self._query_dialect(), provider, minutes_back)
+        return self._run_frame(
+            plan_active(self.table, self._query_dialect(), provider, minutes_back),
+            "active",
+            format,
         )
 
     def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Totals of ``provider``'s signals over the last ``hours_back`` hours."""
         return self._run_plan(plan_summary(self.table, self._query_dialect(), provider, hours_back))
+
+    @overload
+    def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalBucket]: ...
+
+    @overload
+    def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
 
     def get_signal_buckets(
         self,
@@ -207,13 +427,15 @@ class SignalQueryMethods:
         minutes_back: float | None = None,
         start_ts: datetime | None = None,
         end_ts: datetime | None = None,
-    ) -> list[SignalBucket]:
+        format: Format = "dicts",
+    ) -> Any:
         """Per-bucket count/min/max/avg/last of one series, oldest bucket first.
 
         The window ends at ``end_ts`` (``None``: now) and starts ``hours_back`` hours or
         ``minutes_back`` minutes before it, or at ``start_ts`` (at most one of the three; by
         default 24 hours).
         """
+        check_format(format)
         arguments = (
             provider,
             symbol,
@@ -228,7 +450,7 @@ class SignalQueryMethods:
         if function is None:
             _bucket_plan(self.table, "date_bin", *arguments)  # arguments checked before any SQL
             function = self._bucket_function()
-        return self._run_plan(_bucket_plan(self.table, function, *arguments))
+        return self._run_frame(_bucket_plan(self.table, function, *arguments), "buckets", format)
 
 
 class AsyncSignalQueryMethods:
@@ -260,6 +482,14 @@ class AsyncSignalQueryMethods:
             raise query_error(exc, self.table) from driver_error(exc)
         return plan.finish(rows)
 
+    async def _run_frame(self, plan: QueryPlan[Any], shape: Shape, format: object) -> Any:
+        """Run ``plan``; its result in ``format`` (see :mod:`sa_signals.read.frames`)."""
+        checked = check_format(format)
+        if checked == "dicts":
+            return await self._run_plan(plan)
+        require_pyarrow()  # before any SQL
+        return convert(frame_from_result(await self._run_plan(plan), shape), checked)
+
     async def _has_timescale(self) -> bool:
         result = await self.session.execute(TIMESCALE_PROBE)
         return result.first() is not None
@@ -279,17 +509,117 @@ class AsyncSignalQueryMethods:
             raise query_error(exc, self.table) from driver_error(exc)
         return bucket_function_for(engine.dialect, _TIMESCALE[engine])
 
+    @overload
     async def get_latest_signals(
         self,
         provider: str,
         symbol: str,
         limit: int = 100,
         signal_names: Iterable[str] | None = None,
-    ) -> list[SignalRecord]:
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalRecord]: ...
+
+    @overload
+    async def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    async def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    async def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
+
+    async def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """Async :meth:`SignalQueryMethods.get_latest_signals`."""
-        return await self._run_plan(
-            plan_latest(self.table, self._query_dialect(), provider, symbol, limit, signal_names)
+        return await self._run_frame(
+            plan_latest(self.table, self._query_dialect(), provider, symbol, limit, signal_names),
+            "records",
+            format,
         )
+
+    @overload
+    async def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalRecord]: ...
+
+    @overload
+    async def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    async def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    async def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
 
     async def get_signals_history(
         self,
@@ -299,9 +629,11 @@ class AsyncSignalQueryMethods:
         end_ts: datetime | None = None,
         signal_names: Iterable[str] | None = None,
         limit: int = 1000,
-    ) -> list[SignalRecord]:
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """Async :meth:`SignalQueryMethods.get_signals_history`."""
-        return await self._run_plan(
+        return await self._run_frame(
             plan_history(
                 self.table,
                 self._query_dialect(),
@@ -311,7 +643,9 @@ class AsyncSignalQueryMethods:
                 end_ts,
                 signal_names,
                 limit,
-            )
+            ),
+            "records",
+            format,
         )
 
     async def get_signal_metrics(
@@ -324,12 +658,54 @@ class AsyncSignalQueryMethods:
             )
         )
 
+    @overload
     async def get_active_signals(
-        self, provider: str, minutes_back: float = 5
-    ) -> list[ActiveSignal]:
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[ActiveSignal]: ...
+
+    @overload
+    async def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    async def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    async def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
+
+    async def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """Async :meth:`SignalQueryMethods.get_active_signals`."""
-        return await self._run_plan(
-            plan_active(self.table, self._query_dialect(), provider, minutes_back)
+        return await self._run_frame(
+            plan_active(self.table, self._query_dialect(), provider, minutes_back),
+            "active",
+            format,
         )
 
     async def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
@@ -337,6 +713,66 @@ class AsyncSignalQueryMethods:
         return await self._run_plan(
             plan_summary(self.table, self._query_dialect(), provider, hours_back)
         )
+
+    @overload
+    async def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalBucket]: ...
+
+    @overload
+    async def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    async def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    async def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
 
     async def get_signal_buckets(
         self,
@@ -349,8 +785,10 @@ class AsyncSignalQueryMethods:
         minutes_back: float | None = None,
         start_ts: datetime | None = None,
         end_ts: datetime | None = None,
-    ) -> list[SignalBucket]:
+        format: Format = "dicts",
+    ) -> Any:
         """Async :meth:`SignalQueryMethods.get_signal_buckets`."""
+        check_format(format)
         arguments = (
             provider,
             symbol,
@@ -365,7 +803,9 @@ class AsyncSignalQueryMethods:
         if function is None:
             _bucket_plan(self.table, "date_bin", *arguments)  # arguments checked before any SQL
             function = await self._bucket_function()
-        return await self._run_plan(_bucket_plan(self.table, function, *arguments))
+        return await self._run_frame(
+            _bucket_plan(self.table, function, *arguments), "buckets", format
+        )
 
 
 class SignalQueryRepository(SignalQueryMethods):
