@@ -115,10 +115,11 @@ class _SessionWriter:
         batch_threshold: int,
         metrics: WriteMetrics | CollectorRegistry | None,
         max_tuples_decompressed: int | None,
+        append_fast_path: bool = True,
     ) -> None:
         self.table: Table = resolve_table(table)
         self.mapper = _mapper_of(table)
-        self.writer = Writer(self.table, batch_threshold, max_tuples_decompressed)
+        self.writer = Writer(self.table, batch_threshold, max_tuples_decompressed, append_fast_path)
         self.metrics = _resolve_metrics(metrics)
         #: Method of the last call attempted.
         self.method = "UPSERT"
@@ -206,11 +207,14 @@ class SignalRepository(SignalQueryMethods):
         batch_threshold: int = 1000,
         metrics: WriteMetrics | CollectorRegistry | None = None,
         max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
+        append_fast_path: bool = True,
     ) -> None:
         self.session = session
         # The query mixin types ``session`` loosely (it also reads through a Connection).
         self._session = session
-        self._writer = _SessionWriter(table, batch_threshold, metrics, max_tuples_decompressed)
+        self._writer = _SessionWriter(
+            table, batch_threshold, metrics, max_tuples_decompressed, append_fast_path
+        )
         self.table = self._writer.table
         self.batch_threshold = batch_threshold
         self.metrics = self._writer.metrics
@@ -247,11 +251,14 @@ class AsyncSignalRepository(AsyncSignalQueryMethods):
         batch_threshold: int = 1000,
         metrics: WriteMetrics | CollectorRegistry | None = None,
         max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
+        append_fast_path: bool = True,
     ) -> None:
         self.session = session
         # The query mixin types ``session`` loosely (it also reads through a Connection).
         self._session = session
-        self._writer = _SessionWriter(table, batch_threshold, metrics, max_tuples_decompressed)
+        self._writer = _SessionWriter(
+            table, batch_threshold, metrics, max_tuples_decompressed, append_fast_path
+        )
         self.table = self._writer.table
         self.batch_threshold = batch_threshold
         self.metrics = self._writer.metrics

@@ -109,11 +109,14 @@ class _ClientBase:
         registry: CollectorRegistry | None,
         max_attempts: int,
         max_tuples_decompressed: int | None,
+        append_fast_path: bool = True,
     ) -> None:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be a positive int, got {max_attempts!r}")
         self.table = resolve_table(table)
-        self._writer = Writer(self.table, batch_threshold, max_tuples_decompressed)
+        self._writer = Writer(
+            self.table, batch_threshold, max_tuples_decompressed, append_fast_path
+        )
         self.batch_threshold = batch_threshold
         self.max_attempts = max_attempts
         self.max_tuples_decompressed = max_tuples_decompressed
@@ -188,9 +191,17 @@ class SignalsStoreClient(_ClientBase):
         registry: CollectorRegistry | None = None,
         max_attempts: int = 3,
         max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
+        append_fast_path: bool = True,
         **engine_kwargs: Any,
     ) -> None:
-        super().__init__(batch_threshold, table, registry, max_attempts, max_tuples_decompressed)
+        super().__init__(
+            batch_threshold,
+            table,
+            registry,
+            max_attempts,
+            max_tuples_decompressed,
+            append_fast_path,
+        )
         self._uri = uri
         self._engine_kwargs = engine_kwargs
         self._engine: Engine | None = None
@@ -295,9 +306,17 @@ class AsyncSignalsStoreClient(_ClientBase):
         registry: CollectorRegistry | None = None,
         max_attempts: int = 3,
         max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
+        append_fast_path: bool = True,
         **engine_kwargs: Any,
     ) -> None:
-        super().__init__(batch_threshold, table, registry, max_attempts, max_tuples_decompressed)
+        super().__init__(
+            batch_threshold,
+            table,
+            registry,
+            max_attempts,
+            max_tuples_decompressed,
+            append_fast_path,
+        )
         self._uri = uri
         self._engine_kwargs = engine_kwargs
         self._engine: AsyncEngine | None = None

@@ -177,7 +177,8 @@ class Writer:
     """The write logic for one target table; stateless, so it can be shared across threads.
 
     ``max_tuples_decompressed``: see the module docstring (``None`` leaves the server's
-    setting alone).
+    setting alone). ``append_fast_path``: let calls whose keys an index probe proves new
+    COPY straight into the table (:mod:`sa_signals.write.append`); ``False``: always merge.
     """
 
     def __init__(
@@ -185,7 +186,10 @@ class Writer:
         table: Table,
         batch_threshold: int,
         max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
+        append_fast_path: bool = True,
     ) -> None:
+        if not isinstance(append_fast_path, bool):
+            raise ConfigurationError(f"append_fast_path must be a bool, got {append_fast_path!r}")
         if (
             isinstance(batch_threshold, bool)
             or not isinstance(batch_threshold, int)
@@ -204,6 +208,7 @@ class Writer:
         self.table = table
         self.batch_threshold = batch_threshold
         self.max_tuples_decompressed = max_tuples_decompressed
+        self.append_fast_path = append_fast_path
 
     @staticmethod
     def batch_size_for(signals: Iterable[Any], batch_size: int | None) -> int:
@@ -275,7 +280,7 @@ class Writer:
                 return self._write(connection, rows.rows(), stats, batch_size, own, progress)
             progress.method = COPY
             chunk = max(batch_size, 1)
-            if rows.distinct == count:
+            if rows.distinct == count and self.append_fast_path:
                 ranges = rows.series_ranges()
                 probe = {
                     "providers": ranges.column("provider").to_pylist(),
@@ -371,7 +376,7 @@ class Writer:
         if following is None and (len(first) < self.batch_threshold or not copy_ok):
             with self._decompression(connection, own):
                 return self._pg_upsert(connection, first, stats)
-        if following is None and (stats.ordered or stats.duplicates == 0):
+        if self.append_fast_path and following is None and (stats.ordered or stats.duplicates == 0):
             # All of the call is here, keys unique: the append fast path may apply.
             progress.method = COPY
             table = self.table
