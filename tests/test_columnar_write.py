@@ -458,3 +458,69 @@ def test_timestamps_keep_their_instant_whatever_the_time_zone(db: Database) -> N
     assert stored(db) == expected(batch)
     assert all(key[2].tzinfo is not None for key in stored(db))
     assert min(key[2] for key in stored(db)) == datetime(2024, 1, 1, tzinfo=UTC) == BASE
+
+
+def in_order(numbers: range, value: float = 1.0) -> list[SimpleNamespace]:
+    """Signals of one series, in write order (ascending ``ts``)."""
+    return [signal(i, value=value) for i in numbers]
+
+
+def test_a_list_of_several_batches_is_appended_and_falls_back_when_a_later_batch_collides(
+    pg_db: Database,
+) -> None:
+    """write_signals' default batch_size (1000) splits a list: the probe sees the first batch;
+    a later batch that collides with stored keys, repeats a key or breaks write order rolls the
+    COPY back to its savepoint and the call merges, reading the list again."""
+    if pg_db.pglite:
+        pytest.skip("no COPY on the WebAssembly TimescaleDB server")
+    with sync_client(pg_db, batch_threshold=10) as client:
+        assert client.write_signals(in_order(range(60)), batch_size=10) == 60
+        assert client.last_result is not None
+        assert client.last_result.methods == ("COPY", "APPEND")
+        # New keys in the first batch (the probe sees nothing), stored keys in the third.
+        late = in_order(range(-30, -10)) + in_order(range(50, 60), 7.0) + in_order(range(300, 320))
+        assert client.write_signals(late, batch_size=10) == 50
+        assert client.last_result.methods == ("COPY",)
+        assert counts(client.last_result) == (50, 40, 10, 0)
+        # A key repeated in a later batch: the last occurrence wins, as on the merge path.
+        repeated = in_order(range(400, 430)) + in_order(range(400, 405), 8.0)
+        client.write_signals(repeated, batch_size=10)
+        assert client.last_result.methods == ("COPY",)
+        assert counts(client.last_result) == (35, 30, 0, 0)
+        # Keys out of write order across batches (two symbols): merged, in write order.
+        client.write_signals(items(30, start=600), batch_size=10)
+        assert client.last_result.methods == ("COPY",)
+        # A generator of several batches is never read twice: it merges.
+        client.write_signals(iter(in_order(range(500, 530))), batch_size=10)
+        assert client.last_result.methods == ("COPY",)
+    assert stored(pg_db) == expected(
+        in_order(range(60)) + late + repeated + items(30, start=600) + in_order(range(500, 530))
+    )
+
+
+def test_a_bad_signal_in_a_later_batch_of_the_append_path_writes_nothing(
+    pg_db: Database,
+) -> None:
+    if pg_db.pglite:
+        pytest.skip("no COPY on the WebAssembly TimescaleDB server")
+    batch = items(40)
+    batch[33] = signal(33, value=float("nan"))
+    with sync_client(pg_db, batch_threshold=10) as client:
+        with pytest.raises(InvalidSignalError) as error:
+            client.write_signals(batch, batch_size=10)
+    assert (error.value.index, error.value.field) == (33, "value")
+    assert stored(pg_db) == {}
+
+
+async def test_the_async_client_appends_a_list_of_several_batches(pg_db: Database) -> None:
+    if pg_db.pglite:
+        pytest.skip("no COPY on the WebAssembly TimescaleDB server")
+    from .test_write_helpers import async_client
+
+    async with async_client(pg_db, batch_threshold=10) as client:
+        await client.write_signals(in_order(range(40)), batch_size=10)
+        assert client.last_result is not None and client.last_result.methods == ("COPY", "APPEND")
+        await client.write_signals(in_order(range(40)), batch_size=10)
+        assert client.last_result.methods == ("COPY",)
+        assert counts(client.last_result) == (40, 0, 0, 40)
+    assert stored(pg_db) == expected(in_order(range(40)))

@@ -150,7 +150,7 @@ async def test_repository_copy_path(postgres_db: Database, driver: str) -> None:
                 session, postgres_db.table, batch_threshold=10, metrics=registry
             )
             result = await repo.upsert(signals(25), batch_size=10)
-            assert result.methods == ("COPY",)
+            assert result.methods == ("COPY", "APPEND")  # new keys: the append fast path
             assert repo.last_method == "COPY"
     finally:
         await engine.dispose()

@@ -33,7 +33,6 @@ __all__ = [
     "TABLE_COLUMNS",
     "copy_bytes",
     "copy_rows_into_table",
-    "is_unique_violation",
     "probe_statement",
     "series_ranges",
 ]
@@ -41,7 +40,6 @@ __all__ = [
 #: Columns the fast path writes, in COPY order (``created_at`` takes its default).
 TABLE_COLUMNS: tuple[str, ...] = ("provider", "symbol", "ts", "name", *PAYLOAD_COLUMNS)
 _TABLE_TYPES = ["text", "text", "timestamptz", "text", "float8", "float8", "jsonb"]
-_UNIQUE_VIOLATION = "23505"
 
 
 def _identity(document: Any) -> Any:
@@ -99,22 +97,16 @@ def series_ranges(rows: Iterable[Row]) -> dict[str, list[Any]]:
     }
 
 
-def is_unique_violation(exc: BaseException) -> bool:
-    """Whether ``exc`` (a driver error, or SQLAlchemy's wrapper of one) is SQLSTATE 23505."""
-    orig = getattr(exc, "orig", None) or exc
-    return getattr(orig, "sqlstate", None) == _UNIQUE_VIOLATION
-
-
 def _target(connection: Connection, table: Table) -> str:
     return connection.dialect.identifier_preparer.format_table(table)
 
 
-def copy_rows_into_table(connection: Connection, table: Table, rows: list[Row]) -> None:
+def copy_rows_into_table(connection: Connection, table: Table, rows: Iterable[Row]) -> None:
     """COPY validated object rows into ``table`` itself (no staging); errors as raised."""
     dialect = connection.dialect
     proxied = connection.connection
     if dialect.driver == "asyncpg":
-        records = [row[1:] for row in rows]
+        records = (row[1:] for row in rows)
         proxied.dbapi_connection.run_async(  # type: ignore[union-attr]
             lambda driver: driver.copy_records_to_table(
                 table.name, schema_name=table.schema, records=records, columns=TABLE_COLUMNS
@@ -132,7 +124,7 @@ def copy_rows_into_table(connection: Connection, table: Table, rows: list[Row]) 
         _psycopg_rows_sync(proxied.driver_connection, sql, rows)
 
 
-def _psycopg_rows_sync(driver: Any, sql: str, rows: list[Row]) -> None:
+def _psycopg_rows_sync(driver: Any, sql: str, rows: Iterable[Row]) -> None:
     from psycopg.types.json import set_json_dumps
 
     with driver.cursor() as cursor:
@@ -145,7 +137,7 @@ def _psycopg_rows_sync(driver: Any, sql: str, rows: list[Row]) -> None:
                 write_row(row[1:])
 
 
-async def _psycopg_rows_async(driver: Any, sql: str, rows: list[Row]) -> None:
+async def _psycopg_rows_async(driver: Any, sql: str, rows: Iterable[Row]) -> None:
     from psycopg.types.json import set_json_dumps
 
     async with driver.cursor() as cursor:

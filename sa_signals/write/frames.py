@@ -132,10 +132,21 @@ class FrameRows:
         columns = [self.table.column(i).to_pylist() for i in range(self.table.num_columns)]
         return iter(zip(*columns, strict=True))
 
-    def series_ranges(self) -> Any:
-        """``(provider, symbol, name, ts_min, ts_max)`` per series, for the append probe."""
+    def probe(self) -> dict[str, list[Any]]:
+        """The append probe's parameters: each series' first and last instant."""
         grouped = self.table.group_by(["provider", "symbol", "name"], use_threads=False)
-        return grouped.aggregate([("ts", "min"), ("ts", "max")])
+        ranges = grouped.aggregate([("ts", "min"), ("ts", "max")])
+        return {
+            "providers": ranges.column("provider").to_pylist(),
+            "symbols": ranges.column("symbol").to_pylist(),
+            "names": ranges.column("name").to_pylist(),
+            "lows": ranges.column("ts_min").to_pylist(),
+            "highs": ranges.column("ts_max").to_pylist(),
+        }
+
+    def sorted(self) -> Any:
+        """The table in write order (strings by code point, as ``COLLATE "C"``)."""
+        return self.table.sort_by([(key, "ascending") for key in _KEYS])
 
 
 def _first(mask: Any) -> int | None:

@@ -28,7 +28,7 @@ the call when the transaction is the caller's.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from itertools import chain, islice
 from operator import itemgetter
@@ -46,7 +46,6 @@ from .append import (
     TABLE_COLUMNS,
     copy_bytes,
     copy_rows_into_table,
-    is_unique_violation,
     probe_statement,
     series_ranges,
 )
@@ -238,6 +237,20 @@ class Writer:
         """
         if is_frame(signals):
             return self._write_frame(connection, signals, batch_size, own_transaction, progress)
+        if (
+            self.append_fast_path
+            and isinstance(signals, Sequence)
+            and batch_size < len(signals)
+            and len(signals) >= self.batch_threshold
+            and supports_copy(connection)
+        ):
+            # Several batches of a sequence (which can be read again): the append fast path
+            # probes with the first batch and falls back to the merge below.
+            appended = self._append_sequence(
+                connection, signals, batch_size, own_transaction, progress
+            )
+            if appended is not None:
+                return appended
         stats = RowStats(batch_size)
         rows = validate_signals(signals, stats=stats)
         try:
@@ -281,27 +294,20 @@ class Writer:
             progress.method = COPY
             chunk = max(batch_size, 1)
             if rows.distinct == count and self.append_fast_path:
-                ranges = rows.series_ranges()
-                probe = {
-                    "providers": ranges.column("provider").to_pylist(),
-                    "symbols": ranges.column("symbol").to_pylist(),
-                    "names": ranges.column("name").to_pylist(),
-                    "lows": ranges.column("ts_min").to_pylist(),
-                    "highs": ranges.column("ts_max").to_pylist(),
-                }
                 table = self.table
+                ordered = rows.sorted()
                 appended = self._append(
                     connection,
-                    probe,
+                    rows.probe,
                     own,
                     lambda: copy_bytes(
                         connection,
                         table.schema,
                         table.name,
                         TABLE_COLUMNS,
-                        encode_copy(rows.table, TABLE_COLUMNS, jsonb=True, chunk=chunk),
+                        encode_copy(ordered, TABLE_COLUMNS, jsonb=True, chunk=chunk),
                     ),
-                    count,
+                    lambda: count,
                 )
                 if appended is not None:
                     return appended
@@ -323,31 +329,80 @@ class Writer:
                 raise
             raise error from exc
 
+    def _append_sequence(
+        self,
+        connection: Connection,
+        signals: Sequence[Any],
+        batch_size: int,
+        own: bool,
+        progress: Progress,
+    ) -> WriteResult | None:
+        """The append fast path for a sequence of several batches; ``None``: merge instead.
+
+        The probe covers the first batch's series and time ranges; the rest streams into the
+        same COPY (validated on the way, memory bounded by ``batch_size``) as long as the keys
+        arrive in write order. A key out of order, or one that exists after all (a later
+        batch overlapping stored rows, a concurrent writer), abandons the COPY: the caller
+        merges, reading the sequence again.
+        """
+        stats = RowStats(batch_size)
+        rows = validate_signals(signals, stats=stats)
+        table = self.table
+        try:
+            first = list(islice(rows, batch_size))
+            progress.method = COPY
+            ordered = _in_write_order_only(chain(first, rows))
+            return self._append(
+                connection,
+                lambda: series_ranges(first),
+                own,
+                lambda: copy_rows_into_table(connection, table, ordered),
+                lambda: stats.count,
+                stats,
+            )
+        except BaseException as exc:
+            if exc is stats.error:  # the caller's iterable, or InvalidSignalError
+                raise
+            error = _failure(connection, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            rows.close()
+            progress.received = stats.count
+
     def _append(
         self,
         connection: Connection,
-        probe: dict[str, list[Any]],
+        probe: Callable[[], dict[str, list[Any]]],
         own: bool,
-        copy: Any,
-        count: int,
+        copy: Callable[[], None],
+        count: Callable[[], int],
+        stats: RowStats | None = None,
     ) -> WriteResult | None:
-        """The append fast path (see :mod:`.append`); ``None``: merge instead."""
+        """The append fast path (see :mod:`.append`); ``None``: merge instead.
+
+        The probe runs inside the savepoint, so rolling back to it also releases the locks the
+        probe took (no lock upgrade from the probe's to the merge's). Rows reach the COPY in
+        write order, so two writers of the same new keys lock them in the same order: the
+        second waits, meets a unique violation and merges, never a deadlock between them.
+        """
         table = self.table
-        found = connection.execute(probe_statement(table, connection.dialect), probe).scalar()
-        if found:
-            return None
         with self._decompression(connection, own):
             savepoint = connection.begin_nested()
             try:
+                if connection.execute(probe_statement(table, connection.dialect), probe()).scalar():
+                    savepoint.rollback()
+                    return None
                 copy()
             except BaseException as exc:
-                if not is_unique_violation(exc):
+                if (stats is not None and exc is stats.error) or not _abandons_append(exc):
                     raise  # the caller rolls back (a lost connection must not be used here)
-                # A concurrent writer got one of the keys after the probe: merge instead.
                 savepoint.rollback()
                 return None
             savepoint.commit()
-        return WriteResult(count, count, 0, 0, (COPY, APPEND))
+        received = count()
+        return WriteResult(received, received, 0, 0, (COPY, APPEND))
 
     def _write(
         self,
@@ -377,15 +432,17 @@ class Writer:
             with self._decompression(connection, own):
                 return self._pg_upsert(connection, first, stats)
         if self.append_fast_path and following is None and (stats.ordered or stats.duplicates == 0):
-            # All of the call is here, keys unique: the append fast path may apply.
+            # All of the call is here, keys unique: the append fast path may apply, in write
+            # order (see _append).
             progress.method = COPY
             table = self.table
+            rows_in_order = first if stats.ordered else sorted(first, key=_write_key)
             appended = self._append(
                 connection,
-                series_ranges(first),
+                lambda: series_ranges(first),
                 own,
-                lambda: copy_rows_into_table(connection, table, first),
-                len(first),
+                lambda: copy_rows_into_table(connection, table, rows_in_order),
+                lambda: len(first),
             )
             if appended is not None:
                 return appended
@@ -514,6 +571,34 @@ class Writer:
         previous = connection.execute(_SWAP_SETTING, params).scalar_one()
         yield
         connection.execute(_SET_SETTING, {"name": DECOMPRESSION_SETTING, "value": previous})
+
+
+class _OutOfOrder(Exception):
+    """Raised into the append COPY when a key does not follow the previous one."""
+
+
+#: What abandons an append for the merge: a unique violation (the key exists after all) and
+#: a deadlock (with a writer outside this library, or a compression job): the savepoint's
+#: rollback releases what the append locked, and the merge takes its locks in write order.
+_APPEND_FALLBACK_SQLSTATES = frozenset({"23505", "40P01"})
+
+
+def _abandons_append(exc: BaseException) -> bool:
+    if isinstance(exc, _OutOfOrder):
+        return True
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "sqlstate", None) in _APPEND_FALLBACK_SQLSTATES
+
+
+def _in_write_order_only(rows: Iterable[Row]) -> Iterator[Row]:
+    """``rows`` as they come, raising :class:`_OutOfOrder` at a key not above the last one."""
+    last: tuple[Any, ...] = ()
+    for row in rows:
+        key = (row[1], row[2], row[3], row[4])
+        if key <= last:
+            raise _OutOfOrder
+        last = key
+        yield row
 
 
 def _failure(connection: Connection, exc: BaseException) -> BaseException:
