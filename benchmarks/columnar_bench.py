@@ -311,22 +311,25 @@ def main() -> None:
         print(f"round {round_ + 1}/{args.repeat} done", file=sys.stderr)
     bench.close()
 
-    def line(label: str, times: list[float], base: float) -> str:
+    def line(label: str, times: list[float], base: list[float]) -> str:
+        # The machine is shared and noisy: each round's contender is compared with the same
+        # round's baseline, and the median of those paired ratios is quoted with the medians.
         med = statistics.median(times)
+        paired = statistics.median(b / t for b, t in zip(base, times, strict=True))
         return (
             f"  {label:7s} median {med:6.3f} s  {n / med / 1000:7.1f}k rows/s  "
-            f"x{base / med:5.2f} vs base   (runs: {', '.join(f'{t:.2f}' for t in times)})"
+            f"x{statistics.median(base) / med:5.2f} vs base (medians)  x{paired:5.2f} (paired)"
+            f"   (runs: {', '.join(f'{t:.2f}' for t in times)})"
         )
 
-    base_first = statistics.median(first["base"])
-    base_replay = statistics.median(replay["base"])
     print(f"write, {n} signals with metadata, {args.repeat} rounds, medians")
     print(" first write:")
     for name in (*write_contenders, *first_only):
-        print(line(name, first[name], base_first))
+        print(line(name, first[name], first["base"]))
     print(" replay:")
     for name in write_contenders:
-        print(line(name, replay[name], base_replay))
+        print(line(name, replay[name], replay["base"]))
+    sys.stdout.flush()
 
     if args.read_rows:
         fill_read_table(args.dsn, args.read_rows)

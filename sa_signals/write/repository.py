@@ -195,6 +195,9 @@ class SignalRepository(SignalQueryMethods):
     ``CollectorRegistry``) records each call once the session's transaction commits or rolls
     back. ``max_tuples_decompressed``: TimescaleDB's cap on tuples decompressed by the call's
     statements, set for them and restored after (default 0: no cap; ``None``: leave it).
+    ``append_fast_path``: calls whose keys an index probe proves new are COPYed straight into
+    the table (:mod:`sa_signals.write.append`; ``False``: always merge). ``upsert`` also
+    takes a DataFrame (pyarrow, polars, pandas; :mod:`sa_signals.write.frames`).
     The repository joins the session's transaction and never commits it; a failed ``upsert``
     leaves that transaction as it was before the call.
     """

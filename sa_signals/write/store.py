@@ -179,7 +179,13 @@ class SignalsStoreClient(_ClientBase):
     library's ``signals``). ``registry``: prometheus registry for the metrics (default: the
     global one). ``max_attempts``: see the module docstring. ``max_tuples_decompressed``:
     TimescaleDB's cap on tuples decompressed by one call (default 0: no cap; ``None``: the
-    server's setting). Extra keyword arguments go to ``create_engine``.
+    server's setting). ``append_fast_path``: calls whose keys an index probe proves new are
+    COPYed straight into the table (:mod:`sa_signals.write.append`; ``False``: always merge).
+    Extra keyword arguments go to ``create_engine``.
+
+    ``signals`` may be objects, mappings or model instances, or a DataFrame: a
+    ``pyarrow.Table`` / ``RecordBatch``, a polars or a pandas DataFrame
+    (:mod:`sa_signals.write.frames`, the ``arrow`` extra).
     """
 
     def __init__(
