@@ -311,7 +311,7 @@ def diff_distribution(
         warn(
             f"{name} is distributed by {state.column!r} but the model says {options.column!r}; "
             "autogenerate leaves it alone: changing the distribution column rewrites every "
-            "shard (write op.execute(\"SELECT alter_distributed_table(...)\") deliberately)",
+            'shard (write op.execute("SELECT alter_distributed_table(...)") deliberately)',
             SignalsWarning,
         )
     elif options.shard_count is not None and state.shard_count != options.shard_count:

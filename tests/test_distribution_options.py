@@ -31,7 +31,11 @@ from .conftest import Database
 
 def test_defaults_distribute_by_symbol_with_citus_defaults() -> None:
     options = DistributionOptions()
-    assert (options.column, options.shard_count, options.colocate_with) == ("symbol", None, "default")
+    assert (options.column, options.shard_count, options.colocate_with) == (
+        "symbol",
+        None,
+        "default",
+    )
     assert not options.colocates_with_table
     assert DistributionOptions(colocate_with="NONE").colocate_with == "none"
     assert DistributionOptions(colocate_with="instruments").colocates_with_table
@@ -134,9 +138,7 @@ def test_plain_postgres_keeps_a_plain_table_with_one_warning(
 
 @pytest.mark.postgres
 def test_strict_mode_without_citus_is_an_error_and_creates_nothing(postgres_db: Database) -> None:
-    postgres_db.make_table(
-        timescale=None, distribution=DistributionOptions(require_citus=True)
-    )
+    postgres_db.make_table(timescale=None, distribution=DistributionOptions(require_citus=True))
     with pytest.raises(CitusUnavailableError, match="CREATE EXTENSION citus"):
         postgres_db.metadata.create_all(postgres_db.engine)
     assert not inspect(postgres_db.engine).has_table("signals", schema=postgres_db.schema)

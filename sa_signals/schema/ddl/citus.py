@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, text
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.elements import BindParameter, TextClause
 
 from ...errors import CitusUnavailableError, ConfigurationError
 from ..options import DistributionOptions
@@ -52,7 +53,7 @@ def create_distributed_table_sql(
         "SELECT create_distributed_table(CAST(:relation AS regclass), CAST(:column AS text), "
         "colocate_with => CAST(:colocate_with AS text)"
     )
-    params = [
+    params: list[BindParameter[Any]] = [
         bindparam("relation", qualified_name(name, schema)),
         bindparam("column", column),
         bindparam("colocate_with", colocate_with),
@@ -124,9 +125,7 @@ def _resolve_version(
     return version
 
 
-def ensure_distribution(
-    table: Table, connection: Connection, options: DistributionOptions
-) -> bool:
+def ensure_distribution(table: Table, connection: Connection, options: DistributionOptions) -> bool:
     """Distribute ``table`` as ``options`` say unless it is already; idempotent.
 
     Returns ``True`` when the table is distributed afterwards, ``False`` on a database without
