@@ -16,7 +16,9 @@ Contenders:
 (n) naive psycopg: binary COPY -> temp table -> ONE ``INSERT ... SELECT ... ON CONFLICT DO
     UPDATE ... WHERE ... IS DISTINCT FROM`` (no validation, no dedupe, no sort);
 (b) ``SignalsStoreClient.write_signals`` with its default batch_size (COPY path, one merge);
-(d) the small-batch path: 1,000-signal calls with ``batch_threshold`` above the call size.
+(d) the small-batch path: 1,000-signal calls with ``batch_threshold`` above the call size;
+(e) the same 1,000-signal calls on the COPY path (``batch_threshold=100``), the setting
+    docs/scaling.md suggests for Citus.
 
 Every contender connects once, outside the timings; contenders run interleaved in every round
 and the figures are medians over ``--repeat`` rounds, with the ratio client / naive. Three
@@ -75,12 +77,12 @@ class Bench:
         self.clients = {
             (layout, kind): SignalsStoreClient(
                 self.url,
-                10**9 if kind == "small" else 1000,
+                {"small": 10**9, "copy": 1000, "copy-1k": 100}[kind],
                 table=table,
                 registry=CollectorRegistry(),
             )
             for layout, table in self.tables.items()
-            for kind in ("copy", "small")
+            for kind in ("copy", "small", "copy-1k")
         }
         for client in self.clients.values():
             client.__enter__()
@@ -130,8 +132,8 @@ class Bench:
     def client(self, layout: str) -> None:
         assert self.clients[(layout, "copy")].write_signals(self.data) == self.rows
 
-    def small(self, layout: str) -> None:
-        client = self.clients[(layout, "small")]
+    def calls(self, layout: str, kind: str) -> None:
+        client = self.clients[(layout, kind)]
         for start in range(0, self.rows, 1000):
             client.write_signals(self.data[start : start + 1000])
 
@@ -155,7 +157,8 @@ def main() -> None:
     contenders: dict[str, Callable[[str], None]] = {
         "n naive": lambda layout: bench.naive(),
         "b client": bench.client,
-        "d small-batch": bench.small,
+        "d small-batch": lambda layout: bench.calls(layout, "small"),
+        "e copy 1k calls": lambda layout: bench.calls(layout, "copy-1k"),
     }
     times: dict[tuple[str, str, str], list[float]] = {}
     try:
