@@ -44,9 +44,9 @@ from sqlalchemy import MetaData, Table, create_engine, text
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
-from write_bench import NAIVE_COLUMNS, NAIVE_MERGE, NAIVE_STAGE, make_signal  # noqa: E402
+from write_bench import NAIVE_COLUMNS, NAIVE_MERGE, NAIVE_STAGE, make_signal
 
-from sa_signals import DistributionOptions, SignalsStoreClient, signals_table  # noqa: E402
+from sa_signals import DistributionOptions, SignalsStoreClient, signals_table
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:55440/postgres"
 SCHEMA = "sa_signals_citus_bench"
@@ -185,7 +185,9 @@ def report(
 ) -> None:
     median: dict[Any, float] = {key: statistics.median(values) for key, values in times.items()}
     print(f"\n{rows:,} signals per run, medians of {len(next(iter(times.values())))} rounds")
-    print(f"{'layout':<12} {'contender':<15} {'phase':<7} {'seconds':>8} {'rows/s':>10} {'/naive':>7}")
+    print(
+        f"{'layout':<12} {'contender':<15} {'phase':<7} {'seconds':>8} {'rows/s':>10} {'/naive':>7}"
+    )
     for layout in layouts:
         for name in names:
             for phase in ("first", "replay"):

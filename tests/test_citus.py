@@ -267,15 +267,15 @@ def test_metrics_count_writes_through_the_coordinator(citus_db: Database) -> Non
 
 @pytest.mark.citus
 async def test_async_client_writes_both_paths(citus_db: Database) -> None:
-    table = _distributed(citus_db)
-    citus_db._table = table
     rows = _dataset(datetime.now(UTC), points=3)
+    # citus_db.table: the default signals table, distributed by symbol (Citus' shard count).
     async with async_client(citus_db, batch_threshold=COPY_THRESHOLD) as client:
         big = await client.upsert(rows)
         small = await client.upsert(rows[:20])
     assert (big.inserted, big.methods) == (len(rows), (COPY,))
     assert (small.unchanged, small.methods) == (20, (UPSERT,))
     assert citus_db.sql("SELECT count(*) FROM signals") == [(len(rows),)]
+    assert _state(citus_db, citus_db.table)[:2] == (True, "symbol")
 
 
 # -- concurrency ----------------------------------------------------------------------------
