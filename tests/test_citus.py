@@ -18,10 +18,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, MetaData, Table, text
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from sa_signals import (
     DistributionOptions,
+    InvalidSignalError,
+    SignalRepository,
     SignalsQueryClient,
     SignalsStoreClient,
     WriteResult,
@@ -276,6 +279,58 @@ async def test_async_client_writes_both_paths(citus_db: Database) -> None:
     assert (small.unchanged, small.methods) == (20, (UPSERT,))
     assert citus_db.sql("SELECT count(*) FROM signals") == [(len(rows),)]
     assert _state(citus_db, citus_db.table)[:2] == (True, "symbol")
+
+
+@pytest.mark.citus
+def test_a_streamed_call_of_many_batches_is_one_merge_and_replays_unchanged(
+    citus_db: Database,
+) -> None:
+    table = _distributed(citus_db)
+    now = datetime(2026, 1, 5, tzinfo=UTC)
+
+    def stream() -> Any:  # a generator: staged batch by batch, merged once
+        for i in range(20_000):
+            yield SimpleNamespace(
+                provider=PROVIDERS[i % 2],
+                symbol=SYMBOLS[i % len(SYMBOLS)],
+                ts=now + timedelta(seconds=i // 48),
+                name=NAMES[(i // 24) % 2],
+                value=float(i),
+            )
+
+    with _client(citus_db, table, batch_threshold=COPY_THRESHOLD) as client:
+        first = client.upsert(stream(), batch_size=3_000)
+        replay = client.upsert(stream(), batch_size=3_000)
+    assert (first.inserted, first.methods) == (20_000, (COPY,))
+    assert (replay.received, replay.unchanged, replay.inserted, replay.updated) == (
+        20_000,
+        20_000,
+        0,
+        0,
+    )
+    assert citus_db.sql("SELECT count(*), count(DISTINCT symbol) FROM signals") == [
+        (20_000, len(SYMBOLS))
+    ]
+
+
+@pytest.mark.citus
+@pytest.mark.parametrize("threshold", [COPY_THRESHOLD, 10**6], ids=["copy", "upsert"])
+def test_repository_failure_leaves_the_host_transaction_usable(
+    citus_db: Database, threshold: int
+) -> None:
+    table = _distributed(citus_db)
+    rows = _dataset(datetime(2026, 1, 5, tzinfo=UTC), points=3)
+    bad = [*rows, SimpleNamespace(**{**vars(rows[0]), "value": float("nan")})]
+    with Session(citus_db.engine) as session, session.begin():
+        repository = SignalRepository(
+            session, table, batch_threshold=threshold, metrics=CollectorRegistry()
+        )
+        assert repository.upsert(rows[:10]).inserted == 10
+        with pytest.raises(InvalidSignalError):
+            repository.upsert(bad)
+        # The savepoint took the failed call back; the host's earlier work is still there.
+        assert repository.upsert(rows).inserted == len(rows) - 10
+    assert citus_db.sql("SELECT count(*) FROM signals") == [(len(rows),)]
 
 
 # -- concurrency ----------------------------------------------------------------------------
