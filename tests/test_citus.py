@@ -333,6 +333,25 @@ def test_repository_failure_leaves_the_host_transaction_usable(
     assert citus_db.sql("SELECT count(*) FROM signals") == [(len(rows),)]
 
 
+@pytest.mark.citus
+def test_storage_stats_sum_the_shards(citus_db: Database) -> None:
+    table = _distributed(citus_db)
+    rows = _dataset(datetime(2026, 1, 5, tzinfo=UTC), points=20)
+    _fill(citus_db, table, rows)
+    with SignalsQueryClient(citus_db.url, table=table, poolclass=NullPool) as client:
+        stats = client.storage_stats()
+        exact = client.storage_stats(exact_count=True)
+    (shards_total,) = citus_db.sql(
+        "SELECT sum(shard_size) FROM citus_shards WHERE table_name = CAST(:t AS regclass)",
+        t=f'"{citus_db.schema}".signals',
+    )[0]
+    assert stats.total_bytes == int(str(shards_total)) > 0
+    assert stats.table_bytes is not None and 0 < stats.table_bytes < stats.total_bytes
+    assert stats.row_estimate is None and exact.row_estimate == len(rows)
+    assert any(f"by 'symbol' over {SHARDS} shards" in note for note in stats.notes), stats.notes
+    assert not any("plain PostgreSQL table" in note for note in stats.notes)
+
+
 # -- concurrency ----------------------------------------------------------------------------
 
 WRITERS = 8
