@@ -7,6 +7,7 @@ PostgreSQL; EXPLAIN shows which queries stay on one shard.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
@@ -17,11 +18,12 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Connection, MetaData, Table, text
+from sqlalchemy import Connection, MetaData, Table, event, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from sa_signals import (
+    AsyncSignalsStoreClient,
     DistributionOptions,
     InvalidSignalError,
     SignalRepository,
@@ -298,9 +300,17 @@ def test_a_streamed_call_of_many_batches_is_one_merge_and_replays_unchanged(
                 value=float(i),
             )
 
+    merges: list[str] = []
     with _client(citus_db, table, batch_threshold=COPY_THRESHOLD) as client:
+
+        @event.listens_for(client.engine, "before_cursor_execute")
+        def _seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.lstrip().startswith(("WITH", "INSERT")) and ".signals" in statement:
+                merges.append(statement)
+
         first = client.upsert(stream(), batch_size=3_000)
         replay = client.upsert(stream(), batch_size=3_000)
+    assert len(merges) == 2  # one statement into the table per call, whatever its batches
     assert (first.inserted, first.methods) == (20_000, (COPY,))
     assert (replay.received, replay.unchanged, replay.inserted, replay.updated) == (
         20_000,
@@ -422,6 +432,39 @@ def test_eight_writers_with_overlapping_keys_all_succeed(
     count, symbols, low, high = held[0]
     assert (count, symbols) == (KEYS, 20)
     assert 0 <= float(str(low)) <= float(str(high)) < WRITERS
+
+
+@pytest.mark.citus
+async def test_eight_gathered_async_writers_with_overlapping_keys_all_succeed(
+    citus_db: Database,
+) -> None:
+    table = _distributed(citus_db)
+    client = AsyncSignalsStoreClient(
+        citus_db.async_url,
+        table=table,
+        registry=CollectorRegistry(),
+        batch_threshold=COPY_THRESHOLD,
+        max_attempts=1,
+        pool_size=WRITERS,
+    )
+    work = {
+        w: [_overlapping_call(w, random.Random(w * 100 + c)) for c in range(CALLS)]
+        for w in range(WRITERS)
+    }
+    failures: list[BaseException] = []
+
+    async def run(writer: int) -> None:
+        for signals in work[writer]:
+            try:
+                assert await client.write_signals(signals, batch_size=1000) == KEYS
+            except BaseException as exc:
+                failures.append(exc)
+
+    async with client:
+        await asyncio.gather(*(run(w) for w in range(WRITERS)))
+    await client.aclose()
+    assert failures == []
+    assert citus_db.sql("SELECT count(*) FROM signals") == [(KEYS,)]
 
 
 # -- reads ----------------------------------------------------------------------------------
