@@ -23,6 +23,10 @@ TimescaleDB: one merge per call may decompress more tuples of compressed chunks 
 writer sets it for the call (``set_config(..., is_local => true)``) to ``max_tuples_decompressed``
 (default 0, unlimited) when the server has the setting, and puts the previous value back after
 the call when the transaction is the caller's.
+
+Citus: in a database with the ``citus`` extension the merge leaves out its pre-filter of unchanged
+rows (see :func:`~sa_signals.write.statements.merge_statement`); the coordinator pulls the
+staged rows and routes each to its shard.
 """
 
 from __future__ import annotations
@@ -89,6 +93,9 @@ _write_key = itemgetter(1, 2, 3, 4)
 _PARAM_NAMES = ("provider", "symbol", "ts", "name", "value", "score", "metadata")
 # connection.info key: whether this database session has the decompression setting.
 _HAS_SETTING = "sa_signals.decompression_setting"
+# connection.info key: whether this database has the citus extension.
+_HAS_CITUS = "sa_signals.citus"
+_READ_CITUS = text("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')")
 _READ_SETTING = text("SELECT current_setting(:name, true)")
 _SWAP_SETTING = text("SELECT current_setting(:name), set_config(:name, :value, true)")
 _SET_SETTING = text("SELECT set_config(:name, :value, true)")
@@ -132,8 +139,8 @@ def _upsert(table: Table, dialect_name: str) -> Insert:
 
 
 @functools.lru_cache(maxsize=256)
-def _merge(table: Table, dialect: Any, kind: MergeKind) -> Any:
-    return merge_statement(table, dialect, kind)
+def _merge(table: Table, dialect: Any, kind: MergeKind, skip_unchanged: bool) -> Any:
+    return merge_statement(table, dialect, kind, skip_unchanged=skip_unchanged)
 
 
 @functools.lru_cache(maxsize=128)
@@ -243,6 +250,7 @@ class Writer:
             and batch_size < len(signals)
             and len(signals) >= self.batch_threshold
             and supports_copy(connection)
+            and self._may_append(connection)
         ):
             # Several batches of a sequence (which can be read again): the append fast path
             # probes with the first batch and falls back to the merge below.
@@ -293,7 +301,7 @@ class Writer:
                 return self._write(connection, rows.rows(), stats, batch_size, own, progress)
             progress.method = COPY
             chunk = max(batch_size, 1)
-            if rows.distinct == count and self.append_fast_path:
+            if rows.distinct == count and self._may_append(connection):
                 table = self.table
                 ordered = rows.sorted()
                 appended = self._append(
@@ -371,6 +379,11 @@ class Writer:
             rows.close()
             progress.received = stats.count
 
+    def _may_append(self, connection: Connection) -> bool:
+        # Not through a Citus coordinator: the probe is a correlated subquery, which Citus
+        # cannot plan on a distributed table; the merge is the tested path there.
+        return self.append_fast_path and not _has_citus(connection)
+
     def _append(
         self,
         connection: Connection,
@@ -431,7 +444,11 @@ class Writer:
         if following is None and (len(first) < self.batch_threshold or not copy_ok):
             with self._decompression(connection, own):
                 return self._pg_upsert(connection, first, stats)
-        if self.append_fast_path and following is None and (stats.ordered or stats.duplicates == 0):
+        if (
+            following is None
+            and (stats.ordered or stats.duplicates == 0)
+            and self._may_append(connection)
+        ):
             # All of the call is here, keys unique: the append fast path may apply, in write
             # order (see _append).
             progress.method = COPY
@@ -486,8 +503,9 @@ class Writer:
     ) -> WriteResult:
         """Merge the staging table into the table, then empty it unless the call owns it."""
         dialect = connection.dialect
+        merge = _merge(self.table, dialect, kind, not _has_citus(connection))
         with self._decompression(connection, own):
-            counted, inserted, changed = connection.execute(_merge(self.table, dialect, kind)).one()
+            counted, inserted, changed = connection.execute(merge).one()
         if not own:
             connection.execute(truncate_stage(dialect))
         if kind is MergeKind.COUNTED:
@@ -616,4 +634,14 @@ def _has_decompression_setting(connection: Connection) -> bool:
     if found is None:
         value = connection.execute(_READ_SETTING, {"name": DECOMPRESSION_SETTING}).scalar()
         found = info[_HAS_SETTING] = value is not None
+    return bool(found)
+
+
+def _has_citus(connection: Connection) -> bool:
+    # Asked once per database session. On Citus the merge leaves out its pre-filter of
+    # unchanged rows (a correlated subquery Citus cannot plan on a distributed table).
+    info = connection.info
+    found = info.get(_HAS_CITUS)
+    if found is None:
+        found = info[_HAS_CITUS] = bool(connection.execute(_READ_CITUS).scalar())
     return bool(found)
