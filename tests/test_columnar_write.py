@@ -524,3 +524,20 @@ async def test_the_async_client_appends_a_list_of_several_batches(pg_db: Databas
         assert client.last_result.methods == ("COPY",)
         assert counts(client.last_result) == (40, 0, 0, 40)
     assert stored(pg_db) == expected(in_order(range(40)))
+
+
+@pytest.mark.parametrize("metadata", ["struct", "json"])
+def test_a_frame_replaying_objects_finds_them_unchanged(db: Database, metadata: str) -> None:
+    """The frame's JSON is the object path's, byte for byte (SQLite compares the text):
+    integral floats stay floats (400.0, not 400) and JSON text is re-encoded compactly."""
+    batch = [
+        signal(i, metadata={"price": 400.0 + i % 3, "big": 1e20, "n": i, "w": "1m"})
+        for i in range(30)
+    ]
+    with sync_client(db, batch_threshold=10) as client:
+        client.upsert(batch)
+        again = client.upsert(arrow(batch, metadata))
+    assert counts(again) == (30, 0, 0, 30)
+    held = stored(db)
+    assert all(isinstance(row[2]["price"], float) for row in held.values())
+    assert held == expected(batch)

@@ -30,10 +30,8 @@ transaction. pyarrow, pgpq, polars and pandas are imported only when a frame is 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from ..errors import InvalidSignalError, MissingDependencyError
@@ -276,43 +274,45 @@ def _check_number(table: Any, field: str, nullable: bool) -> Any:
 
 
 def _check_json_text(column: Any) -> Any:
-    """JSON text: each distinct text parsed once; each must be an object with strict JSON."""
+    """JSON text: each distinct text parsed once, checked and re-encoded as the object path
+    encodes a dict (so both paths store the same text, also on SQLite)."""
     pa = require_arrow()
     import pyarrow.compute as pc
 
     column = column.cast(pa.large_string())
     encoded = column.combine_chunks().dictionary_encode()
-    failure: str | None = None
-    bad: list[bool] = []
+    texts: list[str | None] = []
     for text in encoded.dictionary.to_pylist():
-        failure = _json_text_problem(text)
-        bad.append(failure is not None)
+        try:
+            texts.append(_json_text(text))
+        except InvalidSignalError:
+            texts.append(None)
+    bad = [text is None for text in texts]
     if any(bad):
-        mask = pc.take(pa.array(bad), encoded.indices)
-        index = _first(mask)
+        index = _first(pc.take(pa.array(bad), encoded.indices))
         assert index is not None
-        reason = _json_text_problem(column[index].as_py())
-        raise InvalidSignalError(index, "metadata", reason or "is not a JSON object")
-    return column
+        try:
+            _json_text(column[index].as_py())
+        except InvalidSignalError as exc:
+            raise InvalidSignalError(index, "metadata", exc.reason) from None
+    return pc.take(pa.array(texts, pa.large_string()), encoded.indices)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _json_text_problem(text: str) -> str | None:
+def _json_text(text: str) -> str:
+    """``text`` re-encoded by the object path's encoder, or InvalidSignalError (index 0)."""
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
-        return f"is not strict JSON: {exc}"
+        raise InvalidSignalError(0, "metadata", f"is not strict JSON: {exc}") from None
     if not isinstance(value, dict):
-        return f"must be a JSON object or null, got {type(value).__name__}"
-    if "\\u0000" in text:
-        try:
-            _dump(0, value)
-        except InvalidSignalError as exc:
-            return exc.reason
-    return None
+        raise InvalidSignalError(
+            0, "metadata", f"must be a JSON object or null, got {type(value).__name__}"
+        )
+    return _dump(0, value)
 
 
 def _json_string(column: Any) -> Any:
@@ -373,6 +373,12 @@ def _struct_json(column: Any, path: str) -> Any | None:
                     f"{field.name}={numbers[index].as_py()!r}",
                 )
             text = numbers.cast(pa.large_string())
+            # Python writes 400.0 where Arrow writes 400: keep floats floats when read back.
+            text = pc.if_else(
+                pc.match_substring_regex(text, "[.eE]"),
+                text,
+                pc.binary_join_element_wise(text, _lit(".0"), _lit("")),
+            )
         elif pa.types.is_struct(ftype):
             text = _struct_json(values, f"{path}.{field.name}")
             if text is None:
@@ -436,10 +442,6 @@ def _plain(value: Any) -> Any:
         if value and all(isinstance(p, tuple) and len(p) == 2 for p in value):
             return {k: _plain(v) for k, v in value}
         return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return value  # _dump rejects it with the reason
-    if isinstance(value, datetime):
-        return value  # not JSON: _dump rejects it
     return value
 
 
