@@ -13,6 +13,16 @@ and writes each key once (the last occurrence wins), whatever its size and ``bat
   work overlap and client memory stays bounded by ``batch_size``. The merge skips the sort or
   the deduplication when the per-row loop saw that the data does not need it (``RowStats``).
 
+The append fast path (:mod:`sa_signals.write.append`): a call whose keys are unique and which
+an index probe proves new (no stored row of its series within its time range) is COPYed
+straight into the table, in write order, inside a savepoint: a list held in one batch (sorted
+in Python when it is not in order), a list of several batches whose keys arrive in write order
+(the probe sees the first batch), or a DataFrame (sorted by Arrow). A unique violation, a
+deadlock or a key out of order rolls the savepoint back and the call merges as above (a list
+is read again); generators of several batches always merge. DataFrames
+(:mod:`sa_signals.write.frames`) are validated by columns and COPYed as pgpq-encoded binary
+data; on SQLite, without COPY and below ``batch_threshold`` their rows take the paths above.
+
 Failures: an :class:`~sa_signals.errors.InvalidSignalError` or an exception of the caller's
 iterable propagates unchanged; every database, driver or pool failure becomes a
 :class:`~sa_signals.errors.WriteError` with the original as ``__cause__``. The caller owns the
