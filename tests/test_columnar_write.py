@@ -541,3 +541,18 @@ def test_a_frame_replaying_objects_finds_them_unchanged(db: Database, metadata: 
     held = stored(db)
     assert all(isinstance(row[2]["price"], float) for row in held.values())
     assert held == expected(batch)
+
+
+def test_a_frame_is_counted_by_the_metrics_as_objects_are(db: Database) -> None:
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    batch = items(40)
+    with sync_client(db, batch_threshold=10, registry=registry) as client:
+        method = client.upsert(arrow(batch)).method
+        with pytest.raises(InvalidSignalError):
+            client.upsert(_with(arrow(batch), "value", pa.array([None] * 40, pa.float64())))
+    written = "store_signals_written_total"
+    assert registry.get_sample_value(written, {"method": method, "status": "success"}) == 40
+    # A failed call counts what it was given (the frame's length).
+    assert registry.get_sample_value(written, {"method": "UPSERT", "status": "failure"}) == 40
