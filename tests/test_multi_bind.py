@@ -92,7 +92,7 @@ def test_sync_repositories_on_a_multi_bind_session(db: Database, by: str) -> Non
 
 
 def test_query_repository_without_any_default_bind(db: Database) -> None:
-    base, model = _model(db)
+    _, model = _model(db)
     with Session(db.engine) as session:
         SignalRepository(session, model).upsert(_signals())
         session.commit()

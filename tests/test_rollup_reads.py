@@ -35,7 +35,11 @@ UTC = timezone.utc
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 NOW = datetime.now(UTC)
-SERIES = [("BTC", "price", 50_000.0, 0.5), ("BTC", "spread", 1.0, 0.25), ("ETH", "price", 3_000.0, 1e-3)]
+SERIES = [
+    ("BTC", "price", 50_000.0, 0.5),
+    ("BTC", "spread", 1.0, 0.25),
+    ("ETH", "price", 3_000.0, 1e-3),
+]
 
 
 def _rows(start: datetime, end: datetime, step: timedelta, seed: int) -> list[dict[str, Any]]:
@@ -161,9 +165,13 @@ def test_rollup_reads_see_writes_after_the_last_refresh_and_replays(pair: Pair) 
     # New rows after the refresh, and replays that change values in materialized buckets.
     pair.seed(_rows(NOW - timedelta(hours=5), NOW, timedelta(minutes=3), 2))
     with pair.db.engine.begin() as conn:
-        old = conn.execute(
-            select(pair.table).where(pair.table.c.ts < NOW - timedelta(days=2)).limit(40)
-        ).mappings().all()
+        old = (
+            conn.execute(
+                select(pair.table).where(pair.table.c.ts < NOW - timedelta(days=2)).limit(40)
+            )
+            .mappings()
+            .all()
+        )
     replayed = [{**row, "value": row["value"] * 3 + 7} for row in old]
     from sqlalchemy.orm import Session
 
@@ -173,15 +181,18 @@ def test_rollup_reads_see_writes_after_the_last_refresh_and_replays(pair: Pair) 
     hourly = get_rollups(pair.table)[0].aggregate
     with pair.db.engine.connect() as conn:
         a = hourly.c
-        bucket = datetime(2000, 1, 3, tzinfo=UTC) + (
-            (old[0]["ts"] - datetime(2000, 1, 3, tzinfo=UTC)) // HOUR
-        ) * HOUR
+        bucket = (
+            datetime(2000, 1, 3, tzinfo=UTC)
+            + ((old[0]["ts"] - datetime(2000, 1, 3, tzinfo=UTC)) // HOUR) * HOUR
+        )
         stale = conn.execute(
             select(a.max_value).where(
                 a.symbol == old[0]["symbol"], a.name == old[0]["name"], a.bucket == bucket
             )
         ).scalar_one()
-    assert stale < max(r["value"] for r in replayed if r["ts"] >= bucket and r["ts"] < bucket + HOUR)
+    assert stale < max(
+        r["value"] for r in replayed if r["ts"] >= bucket and r["ts"] < bucket + HOUR
+    )
     # ... but the reads are not.
     _check_all(pair)
     pair.refresh()
@@ -202,9 +213,7 @@ def test_the_query_clients_use_the_rollups(pair: Pair) -> None:
     async def read() -> tuple[Any, Any]:
         async with AsyncSignalsQueryClient(pair.db.async_url, table=pair.table) as client:
             summary = await client.get_signal_summary("p", hours_back=24 * 8)
-            buckets = await client.get_signal_buckets(
-                "p", "ETH", "price", DAY, hours_back=24 * 8
-            )
+            buckets = await client.get_signal_buckets("p", "ETH", "price", DAY, hours_back=24 * 8)
         return summary, buckets
 
     summary, buckets = asyncio.run(read())
@@ -220,7 +229,9 @@ def test_without_the_rollup_in_the_database_nothing_changes(native_timescale_db:
     db = native_timescale_db
     table = signals_table(db.metadata, schema=db.schema, timescale=TimescaleOptions())
     db.metadata.create_all(db.engine)
-    declared = signals_table(MetaData(), schema=db.schema, timescale=TimescaleOptions(rollups=(HOUR,)))
+    declared = signals_table(
+        MetaData(), schema=db.schema, timescale=TimescaleOptions(rollups=(HOUR,))
+    )
     with db.engine.begin() as conn:
         conn.execute(insert(table).values(_rows(NOW - DAY, NOW, timedelta(minutes=30), 3)))
     with db.engine.connect() as conn:
@@ -239,7 +250,9 @@ def test_rollups_declared_on_sqlite_are_ignored(sqlite_db: Database) -> None:
     assert got["signal_count"] > 0
 
 
-def _state(width: timedelta, watermark: datetime, *invalid: tuple[datetime, datetime]) -> RollupState:
+def _state(
+    width: timedelta, watermark: datetime, *invalid: tuple[datetime, datetime]
+) -> RollupState:
     return RollupState(Rollup(width, None), watermark, tuple(invalid))  # type: ignore[arg-type]
 
 
