@@ -2,9 +2,9 @@
 
 A host project (``alembic init``) declares the signals table and an hourly aggregate; its
 ``env.py`` puts the aggregate's operations (``create_ops``) in a revision through
-``process_revision_directives`` (the comparator is tested on its own), so the revision files are written by Alembic with our
-renderers, then upgraded, downgraded with materialized and compressed data present, and emitted
-offline (``--sql``) and applied.
+``process_revision_directives`` (the comparator is tested on its own), so the revision files
+are written by Alembic with our renderers, then upgraded, downgraded with materialized and
+compressed data present, and emitted offline (``--sql``) and applied.
 """
 
 from __future__ import annotations
