@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import Table, insert, text
 
 from sa_signals import ConfigurationError, TimescaleOptions, signals_table
-from sa_signals.schema.aggregates import get_rollups, signals_rollup
 from sa_signals.cli.output import stats_json, stats_sections
+from sa_signals.schema.aggregates import get_rollups, signals_rollup
 from sa_signals.status import StorageStats, storage_stats
 
 from .conftest import Database
@@ -218,7 +218,7 @@ def test_continuous_aggregates_with_size_watermark_and_policy_runs(
             {"s": db.schema},
         )
     _fill(db, table, _rows(600, days=5))
-    hourly, daily = (rollup.aggregate for rollup in get_rollups(table))
+    hourly = get_rollups(table)[0].aggregate
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         hourly.refresh_now(conn)
         conn.execute(
