@@ -7,7 +7,7 @@ client and hand-written psycopg SQL (the baseline), with p50/p95 latencies and r
     .venv/bin/python benchmarks/query_bench.py --rollup --url postgresql://...:55433/db
                                                [--schema bench_rollup] [--iterations 30]
 
-Rollup mode (TimescaleDB): 2M signals over 60 days (2 providers x 10 symbols x 5 names), loaded
+Rollup mode (TimescaleDB): 2M signals over 60 days (dense: 16 series; sparse: 100), loaded
 through ``SignalsStoreClient`` (its COPY path) into a table with hourly and daily rollups,
 refreshed; then ``get_signal_summary`` / ``get_signal_metrics`` over 30 days, the summary over
 24 hours and daily buckets over 30 days, through the rollups and through the raw table (the
@@ -424,15 +424,24 @@ def check_plans(url: str, table: Table, newest: datetime) -> bool:
 
 # --------------------------------------------------------------------------- rollup mode
 
-ROLLUP_PROVIDERS = [f"provider_{i}" for i in range(2)]
-ROLLUP_SYMBOLS = [f"SYM{i:03d}" for i in range(10)]
-ROLLUP_NAMES = [f"signal_{i}" for i in range(5)]
+# Dense series, as a model scoring a few instruments continuously would write: 16 series with
+# one signal every ~41 s each (2M over 60 days). ``--series-shape sparse`` spreads the same rows
+# over 100 series (one every ~43 min each, 2 providers): the rollup helps the 30-day summary as
+# much, a single series' metrics much less (there are only 10,000 rows to scan per series).
+ROLLUP_SHAPES = {
+    "dense": (["provider_0"], [f"SYM{i:03d}" for i in range(4)], [f"signal_{i}" for i in range(4)]),
+    "sparse": (
+        [f"provider_{i}" for i in range(2)],
+        [f"SYM{i:03d}" for i in range(10)],
+        [f"signal_{i}" for i in range(5)],
+    ),
+}
 ROLLUP_SPAN = timedelta(days=60)
 ROLLUP_QUERIES = ("summary_30d", "metrics_30d", "summary_24h", "buckets_1d_30d")
 ROLLUP_TARGETS = {"summary_30d": 20.0, "metrics_30d": 20.0, "summary_24h": 5.0}
 
 
-def rollup_load(url: str, schema: str, rows: int, reload: bool) -> tuple[Table, Table]:
+def rollup_load(url: str, schema: str, rows: int, reload: bool, shape: str) -> tuple[Table, Table]:
     """The signals table with hourly and daily rollups in ``schema`` (loaded once, through the
     store client's COPY path), refreshed; returns (with rollups, the same table without)."""
     from sqlalchemy import create_engine, text
@@ -462,7 +471,8 @@ def rollup_load(url: str, schema: str, rows: int, reload: bool) -> tuple[Table, 
                 ),
                 {"s": schema},
             )
-        series = [(p, s, n) for p in ROLLUP_PROVIDERS for s in ROLLUP_SYMBOLS for n in ROLLUP_NAMES]
+        providers, symbols, names = ROLLUP_SHAPES[shape]
+        series = [(p, s, n) for p in providers for s in symbols for n in names]
         per_series = rows // len(series)
         step = ROLLUP_SPAN / per_series
         newest = datetime.now(UTC).replace(microsecond=0)
@@ -513,10 +523,12 @@ def _close(a: Any, b: Any) -> bool:
 
 def rollup_main(args: argparse.Namespace) -> int:
     """Rollup vs raw table, same run, same data, interleaved call by call."""
-    table, raw = rollup_load(args.url, args.schema, args.rows, args.reload)
+    schema = f"{args.schema}_{args.series_shape}"
+    table, raw = rollup_load(args.url, schema, args.rows, args.reload, args.series_shape)
+    providers, symbols, names = ROLLUP_SHAPES[args.series_shape]
     rng = random.Random(3)
     picks = [
-        (rng.choice(ROLLUP_PROVIDERS), rng.choice(ROLLUP_SYMBOLS), rng.choice(ROLLUP_NAMES))
+        (rng.choice(providers), rng.choice(symbols), rng.choice(names))
         for _ in range(args.iterations)
     ]
     month = 24.0 * 30
@@ -555,8 +567,10 @@ def rollup_main(args: argparse.Namespace) -> int:
                 for who, value in medians.items():
                     results[name][who].append(value)
                 ratios[name].append(medians["raw"] / medians["rollup"])
+    count = len(providers) * len(symbols) * len(names)
     print(
-        f"\n{args.rows:,} rows over {ROLLUP_SPAN.days} days, rollups 1h + 1d, {args.iterations} "
+        f"\n{args.rows:,} rows over {ROLLUP_SPAN.days} days in {count} "
+        f"series ({args.series_shape}), rollups 1h + 1d, {args.iterations} "
         f"calls x {args.rounds} rounds, interleaved; median over rounds of the p50 in ms; "
         "ratio raw / rollup per round, then the median"
     )
@@ -596,7 +610,10 @@ def main() -> int:
         action="store_true",
         help="rollup mode (TimescaleDB): 1h/1d rollups vs the raw table on 60 days of signals",
     )
-    parser.add_argument("--schema", default="bench_rollup", help="schema of the rollup mode")
+    parser.add_argument(
+        "--schema", default="bench_rollup", help="schema prefix of the rollup mode's table"
+    )
+    parser.add_argument("--series-shape", choices=sorted(ROLLUP_SHAPES), default="dense")
     args = parser.parse_args()
     if args.rollup:
         ensure_database(args.url)

@@ -13,7 +13,7 @@ itself raises :class:`~sa_signals.errors.QueryError` (the driver's error as ``__
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 # Whether each database (one Engine = one database) has TimescaleDB: asked once per engine.
 _TIMESCALE: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
@@ -165,12 +166,27 @@ class SignalQueryMethods:
     def _has_timescale(self) -> bool:
         return self._execute(TIMESCALE_PROBE).first() is not None
 
-    def _rollup_states(self) -> list[RollupState]:
-        """The table's rollups that exist, with their watermarks (none without TimescaleDB)."""
+    def _rollup_state_plan(self) -> QueryPlan[list[RollupState]] | None:
+        """The read of the table's rollup states, or ``None`` (no rollups, no TimescaleDB)."""
         plan = plan_rollup_state(self.table)
         if plan is None or self._bucket_function() != "time_bucket":
-            return []
-        return self._run_plan(plan)
+            return None
+        return plan
+
+    def _run_with_rollups(
+        self, plan: QueryPlan[T], through: Callable[[list[RollupState]], QueryPlan[T] | None]
+    ) -> T:
+        """Run ``plan``, or what ``through`` makes of it with the rollups' states when the
+        table has rollups in the database."""
+        state = self._rollup_state_plan()
+        if state is None:
+            return self._run_plan(plan)
+        return self._run_two(state, lambda states: (through(states) if states else None) or plan)
+
+    def _run_two(self, first: QueryPlan[S], then: Callable[[S], QueryPlan[T]]) -> T:
+        """Two plans, the second made from the first's result (the clients run both on one
+        pooled connection)."""
+        return self._run_plan(then(self._run_plan(first)))
 
     def _known_bucket_function(self) -> BucketFunction | None:
         """The bucketing function, or ``None`` until the database has been asked."""
@@ -229,10 +245,9 @@ class SignalQueryMethods:
         plan = plan_metrics(
             self.table, self._query_dialect(), provider, symbol, signal_name, hours_back
         )
-        states = self._rollup_states()
-        if states:
-            plan = plan_metrics_rollup(self.table, states, plan) or plan
-        return self._run_plan(plan)
+        return self._run_with_rollups(
+            plan, lambda states: plan_metrics_rollup(self.table, states, plan)
+        )
 
     def get_active_signals(self, provider: str, minutes_back: float = 5) -> list[ActiveSignal]:
         """The latest signal per ``(symbol, name)`` seen in the last ``minutes_back`` minutes."""
@@ -243,10 +258,9 @@ class SignalQueryMethods:
     def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Totals of ``provider``'s signals over the last ``hours_back`` hours."""
         plan = plan_summary(self.table, self._query_dialect(), provider, hours_back)
-        states = self._rollup_states()
-        if states:
-            plan = plan_summary_rollup(self.table, states, plan) or plan
-        return self._run_plan(plan)
+        return self._run_with_rollups(
+            plan, lambda states: plan_summary_rollup(self.table, states, plan)
+        )
 
     def get_signal_buckets(
         self,
@@ -281,11 +295,11 @@ class SignalQueryMethods:
             _bucket_plan(self.table, "date_bin", *arguments)  # arguments checked before any SQL
             function = self._bucket_function()
         plan = _bucket_plan(self.table, function, *arguments)
-        if function == "time_bucket":
-            states = self._rollup_states()
-            if states:
-                plan = plan_buckets_rollup(self.table, states, plan) or plan
-        return self._run_plan(plan)
+        if function != "time_bucket":
+            return self._run_plan(plan)
+        return self._run_with_rollups(
+            plan, lambda states: plan_buckets_rollup(self.table, states, plan)
+        )
 
 
 class AsyncSignalQueryMethods:
@@ -332,12 +346,27 @@ class AsyncSignalQueryMethods:
         result = await self._execute(TIMESCALE_PROBE)
         return result.first() is not None
 
-    async def _rollup_states(self) -> list[RollupState]:
-        """Async :meth:`SignalQueryMethods._rollup_states`."""
+    async def _rollup_state_plan(self) -> QueryPlan[list[RollupState]] | None:
+        """Async :meth:`SignalQueryMethods._rollup_state_plan`."""
         plan = plan_rollup_state(self.table)
         if plan is None or await self._bucket_function() != "time_bucket":
-            return []
-        return await self._run_plan(plan)
+            return None
+        return plan
+
+    async def _run_with_rollups(
+        self, plan: QueryPlan[T], through: Callable[[list[RollupState]], QueryPlan[T] | None]
+    ) -> T:
+        """Async :meth:`SignalQueryMethods._run_with_rollups`."""
+        state = await self._rollup_state_plan()
+        if state is None:
+            return await self._run_plan(plan)
+        return await self._run_two(
+            state, lambda states: (through(states) if states else None) or plan
+        )
+
+    async def _run_two(self, first: QueryPlan[S], then: Callable[[S], QueryPlan[T]]) -> T:
+        """Async :meth:`SignalQueryMethods._run_two`."""
+        return await self._run_plan(then(await self._run_plan(first)))
 
     def _known_bucket_function(self) -> BucketFunction | None:
         """The bucketing function, or ``None`` until the database has been asked."""
@@ -396,10 +425,9 @@ class AsyncSignalQueryMethods:
         plan = plan_metrics(
             self.table, self._query_dialect(), provider, symbol, signal_name, hours_back
         )
-        states = await self._rollup_states()
-        if states:
-            plan = plan_metrics_rollup(self.table, states, plan) or plan
-        return await self._run_plan(plan)
+        return await self._run_with_rollups(
+            plan, lambda states: plan_metrics_rollup(self.table, states, plan)
+        )
 
     async def get_active_signals(
         self, provider: str, minutes_back: float = 5
@@ -412,10 +440,9 @@ class AsyncSignalQueryMethods:
     async def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Async :meth:`SignalQueryMethods.get_signal_summary`."""
         plan = plan_summary(self.table, self._query_dialect(), provider, hours_back)
-        states = await self._rollup_states()
-        if states:
-            plan = plan_summary_rollup(self.table, states, plan) or plan
-        return await self._run_plan(plan)
+        return await self._run_with_rollups(
+            plan, lambda states: plan_summary_rollup(self.table, states, plan)
+        )
 
     async def get_signal_buckets(
         self,
@@ -445,11 +472,11 @@ class AsyncSignalQueryMethods:
             _bucket_plan(self.table, "date_bin", *arguments)  # arguments checked before any SQL
             function = await self._bucket_function()
         plan = _bucket_plan(self.table, function, *arguments)
-        if function == "time_bucket":
-            states = await self._rollup_states()
-            if states:
-                plan = plan_buckets_rollup(self.table, states, plan) or plan
-        return await self._run_plan(plan)
+        if function != "time_bucket":
+            return await self._run_plan(plan)
+        return await self._run_with_rollups(
+            plan, lambda states: plan_buckets_rollup(self.table, states, plan)
+        )
 
 
 class SignalQueryRepository(SignalQueryMethods):

@@ -44,12 +44,13 @@ from sqlalchemy import (
     column,
     func,
     literal,
+    or_,
     select,
     text,
     union_all,
 )
 from sqlalchemy import Interval as SQLInterval
-from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -241,30 +242,35 @@ def cover(
     return levels, gaps
 
 
-def _bounds(intervals: Sequence[Interval]) -> tuple[list[str], list[str]]:
-    # Sent as text: the open end is PostgreSQL's 'infinity', which no driver's datetime carries.
-    def text_of(instant: datetime) -> str:
-        if instant >= _END:
-            return "infinity"
-        if instant <= _START:
-            return "-infinity"
-        return instant.isoformat()
-
-    return [text_of(lo) for lo, _ in intervals], [text_of(hi) for _, hi in intervals]
+#: The shape of one read: the rollup views used and how many ranges each part has (the last
+#: range of the raw part is open-ended when the window has no end).
+Shape = tuple[tuple[Table, ...], tuple[int, ...], bool]
 
 
-# --------------------------------------------------------------------------- statements
+def _bounds(prefix: str, intervals: Sequence[Interval], params: dict[str, Any]) -> bool:
+    """Put the ranges' bounds in ``params``; whether the last one is open-ended."""
+    open_end = bool(intervals) and intervals[-1][1] >= _END
+    for index, (lo, hi) in enumerate(intervals):
+        params[f"{prefix}_lo_{index}"] = lo
+        if not (open_end and index == len(intervals) - 1):
+            params[f"{prefix}_hi_{index}"] = hi
+    return open_end
 
 
-def _spans(prefix: str) -> Any:
-    kind = ARRAY(DateTime(timezone=True))
-    lows = cast(bindparam(f"{prefix}_lo", type_=ARRAY(Text())), kind)
-    highs = cast(bindparam(f"{prefix}_hi", type_=ARRAY(Text())), kind)
-    return func.unnest(lows, highs).table_valued("lo", "hi").render_derived(name=f"{prefix}_spans")
-
-
-def _in_spans(target: ColumnElement[Any], spans: Any) -> ColumnElement[bool]:
-    return and_(target >= spans.c.lo, target < spans.c.hi)
+def _in_ranges(
+    target: ColumnElement[Any], prefix: str, count: int, open_end: bool = False
+) -> ColumnElement[bool]:
+    # Plain range predicates ORed (not a join with unnest()): the planner sees them, so the
+    # index ranges and TimescaleDB's chunk exclusion apply to each.
+    kind = DateTime(timezone=True)
+    ranges = []
+    for index in range(count):
+        low = target >= bindparam(f"{prefix}_lo_{index}", type_=kind)
+        if open_end and index == count - 1:
+            ranges.append(low)
+        else:
+            ranges.append(and_(low, target < bindparam(f"{prefix}_hi_{index}", type_=kind)))
+    return or_(*ranges)
 
 
 def _magnitudes(value: ColumnElement[Any]) -> tuple[Any, Any, Any]:
@@ -282,10 +288,11 @@ def _series(table: Any, *, name: bool = True) -> list[ColumnElement[bool]]:
 
 
 @lru_cache(maxsize=256)
-def _summary_statement(table: Table, views: tuple[Table, ...]) -> Executable:
+def _summary_statement(table: Table, shape: Shape) -> Executable:
+    views, counts, open_end = shape
     parts = []
     for index, view in enumerate(views):
-        v, spans = view.c, _spans(f"l{index}")
+        v = view.c
         parts.append(
             select(
                 v.symbol,
@@ -293,19 +300,21 @@ def _summary_statement(table: Table, views: tuple[Table, ...]) -> Executable:
                 cast(v.signal_count, BigInteger).label("n"),
                 v.first_ts.label("first_ts"),
                 v.last_ts.label("last_ts"),
+            ).where(
+                v.provider == bindparam("provider"),
+                _in_ranges(v.bucket, f"l{index}", counts[index]),
             )
-            .select_from(view)
-            .join(spans, _in_spans(v.bucket, spans))
-            .where(v.provider == bindparam("provider"))
         )
-    c, spans = table.c, _spans("raw")
-    parts.append(
-        select(c.symbol, c.name, func.count(), func.min(c.ts), func.max(c.ts))
-        .select_from(table)
-        .join(spans, _in_spans(c.ts, spans))
-        .where(c.provider == bindparam("provider"))
-        .group_by(c.symbol, c.name)
-    )
+    c = table.c
+    if counts[-1]:
+        parts.append(
+            select(c.symbol, c.name, func.count(), func.min(c.ts), func.max(c.ts))
+            .where(
+                c.provider == bindparam("provider"),
+                _in_ranges(c.ts, "raw", counts[-1], open_end),
+            )
+            .group_by(c.symbol, c.name)
+        )
     p = union_all(*parts).subquery("parts").c
     return select(
         func.sum(p.n),
@@ -352,10 +361,11 @@ def _raw_moments(table: Table, bucket: ColumnElement[Any] | None) -> list[Any]:
 
 
 @lru_cache(maxsize=256)
-def _moments_statement(table: Table, views: tuple[Table, ...], bucketed: bool) -> Executable:
+def _moments_statement(table: Table, shape: Shape, bucketed: bool) -> Executable:
+    views, counts, open_end = shape
     parts = []
     for index, view in enumerate(views):
-        v, spans = view.c, _spans(f"l{index}")
+        v = view.c
         keys = [v.bucket] if bucketed else []
         parts.append(
             select(
@@ -364,26 +374,21 @@ def _moments_statement(table: Table, views: tuple[Table, ...], bucketed: bool) -
                 *(v[key] for key in _MOMENT_KEYS[1:5]),
                 cast(v.large_count, BigInteger),
                 *(v[key] for key in _MOMENT_KEYS[6:]),
-            )
-            .select_from(view)
-            .join(spans, _in_spans(v.bucket, spans))
-            .where(*_series(view))
+            ).where(*_series(view), _in_ranges(v.bucket, f"l{index}", counts[index]))
         )
-    c, spans = table.c, _spans("raw")
+    c = table.c
     bucket = None
     if bucketed:
         stride = cast(bindparam("bucket", type_=SQLInterval()), SQLInterval())
         origin = cast(bindparam("origin", type_=DateTime(timezone=True)), DateTime(timezone=True))
         bucket = func.time_bucket(stride, c.ts, origin)
-    raw = (
-        select(*_raw_moments(table, bucket))
-        .select_from(table)
-        .join(spans, _in_spans(c.ts, spans))
-        .where(*_series(table))
-    )
-    if bucket is not None:
-        raw = raw.group_by(bucket)
-    parts.append(raw)
+    if counts[-1]:
+        raw = select(*_raw_moments(table, bucket)).where(
+            *_series(table), _in_ranges(c.ts, "raw", counts[-1], open_end)
+        )
+        if bucket is not None:
+            raw = raw.group_by(bucket)
+        parts.append(raw)
     return union_all(*parts)
 
 
@@ -509,20 +514,21 @@ def _finish_buckets(width: timedelta) -> Any:
 
 def _level_params(
     states: Sequence[RollupState], start: datetime, end: datetime
-) -> tuple[tuple[Table, ...], dict[str, Any]] | None:
+) -> tuple[Shape, dict[str, Any]] | None:
     levels, raw = cover(states, start, end)
     views: list[Table] = []
+    counts: list[int] = []
     params: dict[str, Any] = {}
     for state, spans in zip(states, levels, strict=True):
         if not spans:
             continue
-        prefix = f"l{len(views)}"
-        params[f"{prefix}_lo"], params[f"{prefix}_hi"] = _bounds(spans)
+        _bounds(f"l{len(views)}", spans, params)
         views.append(state.rollup.aggregate.table)
+        counts.append(len(spans))
     if not views:
         return None  # no complete trusted bucket in the window: the raw query is as good
-    params["raw_lo"], params["raw_hi"] = _bounds(raw)
-    return tuple(views), params
+    open_end = _bounds("raw", raw, params)
+    return (tuple(views), (*counts, len(raw)), open_end), params
 
 
 def plan_summary_rollup(
@@ -533,9 +539,9 @@ def plan_summary_rollup(
     found = _level_params(states, base.parameters["since"], _END)
     if found is None:
         return None
-    views, params = found
+    shape, params = found
     params["provider"] = base.parameters["provider"]
-    return QueryPlan(_summary_statement(table, views), params, base.finish)
+    return QueryPlan(_summary_statement(table, shape), params, base.finish)
 
 
 def plan_metrics_rollup(
@@ -545,10 +551,10 @@ def plan_metrics_rollup(
     found = _level_params(states, base.parameters["since"], _END)
     if found is None:
         return None
-    views, params = found
+    shape, params = found
     for key in ("provider", "symbol", "name"):
         params[key] = base.parameters[key]
-    return QueryPlan(_moments_statement(table, views, False), params, _finish_metrics)
+    return QueryPlan(_moments_statement(table, shape, False), params, _finish_metrics)
 
 
 def plan_buckets_rollup(
@@ -571,7 +577,7 @@ def plan_buckets_rollup(
     found = _level_params(usable, start, stop)
     if found is None:
         return None
-    views, params = found
+    shape, params = found
     for key in ("provider", "symbol", "name", "bucket", "origin"):
         params[key] = base.parameters[key]
-    return QueryPlan(_moments_statement(table, views, True), params, _finish_buckets(width))
+    return QueryPlan(_moments_statement(table, shape, True), params, _finish_buckets(width))
