@@ -219,6 +219,7 @@ class SignalRepository(SignalQueryMethods):
             table, batch_threshold, metrics, max_tuples_decompressed, append_fast_path
         )
         self.table = self._writer.table
+        self.mapper = self._writer.mapper
         self.batch_threshold = batch_threshold
         self.metrics = self._writer.metrics
 
@@ -263,6 +264,7 @@ class AsyncSignalRepository(AsyncSignalQueryMethods):
             table, batch_threshold, metrics, max_tuples_decompressed, append_fast_path
         )
         self.table = self._writer.table
+        self.mapper = self._writer.mapper
         self.batch_threshold = batch_threshold
         self.metrics = self._writer.metrics
 
