@@ -9,6 +9,8 @@ non-empty string")`` and ``get_timescale_options`` / ``get_distribution_options`
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
@@ -19,7 +21,9 @@ from sa_signals import (
     ensure_distribution,
     ensure_timescale,
     get_distribution_options,
+    get_rollups,
     get_timescale_options,
+    signals_rollup,
     storage_stats,
 )
 from sa_signals.schema.model import resolve_table
@@ -54,6 +58,7 @@ def test_mapped_class_is_accepted_where_a_table_is(db: Database) -> None:
             by_table = storage_stats(conn, table)
         assert (by_class.table, by_class.schema) == (by_table.table, by_table.schema)
         assert by_class.table == "mapped_arguments"
+        assert get_rollups(model) == get_rollups(table) == ()
     finally:
         table.metadata.drop_all(db.engine)
 
@@ -64,3 +69,14 @@ def test_anything_else_is_a_configuration_error(db: Database) -> None:
             function(object())
     with db.engine.begin() as conn, pytest.raises(ConfigurationError):
         ensure_timescale(object(), conn)
+
+
+def test_rollup_functions_take_a_mapped_class(db: Database) -> None:
+    model = _model(db)
+    rollup = signals_rollup(model, timedelta(hours=1))
+    assert [(r.width, r.aggregate) for r in get_rollups(model)] == [(timedelta(hours=1), rollup)]
+    assert rollup.metadata is resolve_table(model).metadata
+    with pytest.raises(ConfigurationError, match="mapped class with __table__"):
+        get_rollups(object())
+    with pytest.raises(ConfigurationError, match="mapped class with __table__"):
+        signals_rollup(object(), timedelta(hours=1))
