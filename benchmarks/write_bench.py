@@ -335,10 +335,53 @@ class Bench:
         return latencies
 
 
-def timed(fn: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """Wall time, and CPU time of this process plus the server's backends on the database.
+
+    On a shared machine the wall time of a contender depends on what else runs; the CPU it
+    spends (client process + its server backends, read from ``/proc`` when the server runs on
+    this machine) does much less. Every contender connects once, before the timings, to a
+    database of the benchmark's own, so the backends of that database are the contenders'.
+    """
+
+    def __init__(self, libpq: str) -> None:
+        self.conn = psycopg.connect(libpq, autocommit=True)
+
+    def _server(self) -> float | None:
+        pids = [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+        ]
+        total = 0.0
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:  # a remote server, or the backend just left
+                return None
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return total
+
+    def timed(self, fn: Callable[[], None]) -> tuple[float, float | None]:
+        server = self._server()
+        client = time.process_time()
+        started = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - started
+        client = time.process_time() - client
+        after = self._server()
+        if server is None or after is None:
+            return wall, None
+        return wall, client + after - server
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def rss_child(rows: int, dsn: str, batch_size: int) -> None:
@@ -430,6 +473,18 @@ def main() -> None:
     times: dict[str, dict[str, list[float]]] = {
         phase: {key: [] for key in paths} for phase in phases
     }
+    cpus: dict[str, dict[str, list[float]]] = {
+        phase: {key: [] for key in paths} for phase in phases
+    }
+    meter = Meter(bench.libpq)
+
+    def measure(phase: str, key: str, fn: Callable[[], None]) -> float:
+        wall, cpu = meter.timed(fn)
+        times[phase][key].append(wall)
+        if cpu is not None:
+            cpus[phase][key].append(cpu)
+        return wall
+
     loads: list[float] = []
     for run in range(args.repeat):
         # Interleave the contenders in each round so drift hits all of them alike; the first
@@ -440,17 +495,14 @@ def main() -> None:
             name, fn, _, replays = paths[key]
             bench.reset()
             loads.append(os.getloadavg()[0])
-            times["first"][key].append(timed(fn))
+            line = f"round {run + 1}: {name}: first {measure('first', key, fn):.2f}s"
             assert bench.count() == args.rows, name
-            line = f"round {run + 1}: {name}: first {times['first'][key][-1]:.2f}s"
             if replays:
-                times["replay"][key].append(timed(fn))
-                line += f" replay {times['replay'][key][-1]:.2f}s"
+                line += f" replay {measure('replay', key, fn):.2f}s"
                 if args.timescale:
                     bench.compress()
-                    times["compressed"][key].append(timed(fn))
+                    line += f" compressed {measure('compressed', key, fn):.2f}s"
                     assert bench.count() == args.rows, name
-                    line += f" compressed {times['compressed'][key][-1]:.2f}s"
             print(line, file=sys.stderr)
 
     batch = args.batch_size or "default"
@@ -478,6 +530,26 @@ def main() -> None:
                 ratio = f"{statistics.median(times[phase][base]) / median:.2f}"
             line += f" {args.rows / median:17,.0f} {ratio:>6}"
         print(f"{line}  ({base})")
+    if all(cpus[phase][key] for phase in phases for key in paths if paths[key][3]):
+        print(
+            "\nCPU seconds (client process + its server backends; medians), ratio = baseline "
+            "CPU / contender CPU"
+        )
+        print(f"{'path':44}" + "".join(f" {phase + ' CPU':>17} {'ratio':>6}" for phase in phases))
+        for key, (name, _, base, _replays) in paths.items():
+            line = f"{name:44}"
+            for phase in phases:
+                mine = cpus[phase][key]
+                if not mine:
+                    line += f" {'-':>17} {'-':>6}"
+                    continue
+                median = statistics.median(mine)
+                ratio = "-"
+                if base in paths and cpus[phase][base]:
+                    ratio = f"{statistics.median(cpus[phase][base]) / median:.2f}"
+                line += f" {median:16.2f}s {ratio:>6}"
+            print(f"{line}  ({base})")
+    meter.close()
     # Per-round ratios of the clients to their baselines (paired within a round).
     for key, base in (("b", "n"), ("c", "m"), ("p", "n")):
         if key in paths and base in paths:
