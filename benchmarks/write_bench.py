@@ -368,7 +368,7 @@ class Meter:
             total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
         return total
 
-    def timed(self, fn: Callable[[], None]) -> tuple[float, float | None]:
+    def timed(self, fn: Callable[[], None]) -> tuple[float, float | None, float]:
         server = self._server()
         client = time.process_time()
         started = time.perf_counter()
@@ -377,8 +377,8 @@ class Meter:
         client = time.process_time() - client
         after = self._server()
         if server is None or after is None:
-            return wall, None
-        return wall, client + after - server
+            return wall, None, client
+        return wall, after - server, client
 
     def close(self) -> None:
         self.conn.close()
@@ -476,13 +476,17 @@ def main() -> None:
     cpus: dict[str, dict[str, list[float]]] = {
         phase: {key: [] for key in paths} for phase in phases
     }
+    clients: dict[str, dict[str, list[float]]] = {
+        phase: {key: [] for key in paths} for phase in phases
+    }
     meter = Meter(bench.libpq)
 
     def measure(phase: str, key: str, fn: Callable[[], None]) -> float:
-        wall, cpu = meter.timed(fn)
+        wall, server, client = meter.timed(fn)
         times[phase][key].append(wall)
-        if cpu is not None:
-            cpus[phase][key].append(cpu)
+        clients[phase][key].append(client)
+        if server is not None:
+            cpus[phase][key].append(client + server)
         return wall
 
     loads: list[float] = []
@@ -532,8 +536,8 @@ def main() -> None:
         print(f"{line}  ({base})")
     if all(cpus[phase][key] for phase in phases for key in paths if paths[key][3]):
         print(
-            "\nCPU seconds (client process + its server backends; medians), ratio = baseline "
-            "CPU / contender CPU"
+            "\nCPU seconds: client process + its server backends (the client's part), medians; "
+            "ratio = baseline CPU / contender CPU"
         )
         print(f"{'path':44}" + "".join(f" {phase + ' CPU':>17} {'ratio':>6}" for phase in phases))
         for key, (name, _, base, _replays) in paths.items():
@@ -547,7 +551,8 @@ def main() -> None:
                 ratio = "-"
                 if base in paths and cpus[phase][base]:
                     ratio = f"{statistics.median(cpus[phase][base]) / median:.2f}"
-                line += f" {median:16.2f}s {ratio:>6}"
+                own = statistics.median(clients[phase][key])
+                line += f" {median:7.2f}s ({own:5.2f}s) {ratio:>6}"
             print(f"{line}  ({base})")
     meter.close()
     # Per-round ratios of the clients to their baselines (paired within a round).

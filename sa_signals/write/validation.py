@@ -45,6 +45,8 @@ _KINDS: dict[type, int] = {}
 # Compares below any real key tuple.
 _NO_KEY: Final[tuple[str, ...]] = ()
 _BEFORE_ALL: Final = datetime.min.replace(tzinfo=_UTC)
+# Distinct texts remembered per call by validate_signals (a bound on its memory).
+_CHECKED_LIMIT: Final = 4096
 
 
 class RowStats:
@@ -280,6 +282,10 @@ def validate_signals(
     """
     kinds = _KINDS
     encode = _encode
+    # Texts that passed _text in this call (bounded): provider and name values, and each
+    # symbol with its upper-cased form.
+    checked: dict[str, str] = {}
+    upper: dict[str, str] = {}
     utc = _UTC
     index = start - 1
     # Order tracking (see RowStats): the current instant, its keys, and what was seen so far.
@@ -327,18 +333,23 @@ def validate_signals(
                 raise _missing(index, obj, kind) from None
 
             # Fast paths test exact types; anything else goes through the careful checks.
-            if (
-                type(provider) is not str
-                or not provider.isascii()
-                or not provider
-                or "\x00" in provider
-            ):
+            # Providers, symbols and names repeat: a str already checked in this call is
+            # looked up (one hash probe, the hash is cached in the str) instead of checked.
+            if type(provider) is not str or provider not in checked:
                 provider = _text(index, "provider", provider)
-            if type(symbol) is not str or not symbol.isascii() or not symbol or "\x00" in symbol:
-                symbol = _text(index, "symbol", symbol)
-            symbol = symbol.upper()
-            if type(name) is not str or not name.isascii() or not name or "\x00" in name:
+                if len(checked) < _CHECKED_LIMIT:
+                    checked[provider] = provider
+            if type(symbol) is str and symbol in upper:
+                symbol = upper[symbol]
+            else:
+                text = _text(index, "symbol", symbol)
+                symbol = text.upper()
+                if len(upper) < _CHECKED_LIMIT:
+                    upper[text] = symbol
+            if type(name) is not str or name not in checked:
                 name = _text(index, "name", name)
+                if len(checked) < _CHECKED_LIMIT:
+                    checked[name] = name
             if type(ts) is not datetime or ts.tzinfo is not utc:
                 ts = _timestamp(index, ts)
             if type(value) is not float or value - value != 0.0:  # inf - inf and NaN are not 0
