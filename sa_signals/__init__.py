@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .errors import (
+    CitusUnavailableError,
+    CitusUnavailableWarning,
     ClientStateError,
     ConfigurationError,
     ExtensionUnavailableError,
@@ -32,7 +34,7 @@ from .schema.aggregates import (
     get_rollups,
     signals_rollup,
 )
-from .schema.ddl import ensure_timescale
+from .schema.ddl import ensure_distribution, ensure_timescale
 from .schema.functions import (
     first,
     interpolate,
@@ -51,7 +53,12 @@ from .schema.model import (
     signals_metadata,
     signals_table,
 )
-from .schema.options import TimescaleOptions, get_timescale_options
+from .schema.options import (
+    DistributionOptions,
+    TimescaleOptions,
+    get_distribution_options,
+    get_timescale_options,
+)
 from .status import StorageStats, storage_stats
 from .write.repository import AsyncSignalRepository, SignalRepository
 from .write.store import AsyncSignalsStoreClient, SignalsStoreClient
@@ -67,9 +74,12 @@ __all__ = [
     "AsyncSignalRepository",
     "AsyncSignalsQueryClient",
     "AsyncSignalsStoreClient",
+    "CitusUnavailableError",
+    "CitusUnavailableWarning",
     "ClientStateError",
     "ConfigurationError",
     "ContinuousAggregate",
+    "DistributionOptions",
     "ExtensionUnavailableError",
     "InvalidQueryError",
     "InvalidSignalError",
@@ -100,9 +110,11 @@ __all__ = [
     "WriteResult",
     "__version__",
     "combine_moments",
+    "ensure_distribution",
     "ensure_timescale",
     "first",
     "get_continuous_aggregates",
+    "get_distribution_options",
     "get_rollups",
     "get_timescale_options",
     "interpolate",

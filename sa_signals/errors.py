@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 __all__ = [
+    "CitusUnavailableError",
+    "CitusUnavailableWarning",
     "ClientStateError",
     "ConfigurationError",
     "ExtensionUnavailableError",
@@ -54,6 +56,11 @@ class ExtensionUnavailableError(SignalsError):
 class TimescaleUnavailableError(ExtensionUnavailableError):
     """TimescaleDB was required but the ``timescaledb`` extension is not installed, or
     ``create_extension`` was asked for and the server cannot load it."""
+
+
+class CitusUnavailableError(ExtensionUnavailableError):
+    """Distribution was required but the ``citus`` extension is not installed in the
+    database, or ``create_extension`` was asked for and the server cannot load it."""
 
 
 class MigrationError(SignalsError):
@@ -109,3 +116,8 @@ class QueryError(SignalsError):
     The query side's counterpart of :class:`WriteError`; invalid arguments raise
     :class:`InvalidQueryError` instead.
     """
+
+
+class CitusUnavailableWarning(SignalsWarning):
+    """A Citus step (an Alembic operation or comparison) was skipped because the ``citus``
+    extension is not installed."""

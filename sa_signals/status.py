@@ -8,6 +8,10 @@ on each backend with what applies there:
   and ``hypertable_compression_stats()`` (bytes before/after, ratio), policies from
   ``timescaledb_information.jobs`` with their last run from ``timescaledb_information.job_stats``.
 - plain PostgreSQL: heap, TOAST and index sizes, the planner's row estimate, per-index scans.
+- a Citus distributed table (on the coordinator): sizes summed over its shards
+  (``citus_table_size``, ``citus_total_relation_size``) and a note naming the distribution;
+  the coordinator's own relation is an empty shell, so its row estimate and per-index figures
+  are left out (``exact_count`` counts through the coordinator).
 - SQLite: exact row count, page size and count, file size, per-object bytes when ``dbstat`` is
   compiled in.
 
@@ -27,8 +31,10 @@ from sqlalchemy import table as table_clause
 from sqlalchemy.exc import DBAPIError
 
 from .errors import ConfigurationError
+from .schema.ddl.citus import read_distribution_state
 from .schema.ddl.postgresql import (
     TimescaleState,
+    extension_version,
     qualified_name,
     read_timescale_state,
     timescale_version,
@@ -198,6 +204,7 @@ def _postgresql(
     notes: list[str] = []
 
     hypertable = None
+    distributed: tuple[int, int, int, str] | None = None
     if version is not None:
         state = read_timescale_state(connection, name, actual_schema)
         if state.is_hypertable:
@@ -237,10 +244,19 @@ def _postgresql(
         # reltuples is -1 until the table is first vacuumed or analyzed.
         row_estimate = int(reltuples) if reltuples is not None and reltuples >= 0 else None
         indexes = _plain_indexes(connection, oid)
+        distributed = _distributed_sizes(connection, name, actual_schema, oid)
+        if distributed is not None:
+            table_bytes, index_bytes, total_bytes, note = distributed
+            toast_bytes, row_estimate, indexes = 0, None, ()
+            # Not a plain table after all: the note names its distribution instead.
+            notes = [n for n in notes if not n.endswith("plain PostgreSQL table")]
+            notes.append(note)
 
     exact = False
     if exact_count:
         row_estimate, exact = _count(connection, name, actual_schema), True
+    elif hypertable is None and distributed is not None:
+        notes.append("row estimate of a distributed table: count exactly with --exact")
     elif row_estimate is None or (row_estimate == 0 and (table_bytes or 0) > 0):
         row_estimate = None
         notes.append("row estimate unknown until the table is analyzed (ANALYZE)")
@@ -262,6 +278,27 @@ def _postgresql(
         hypertable=hypertable,
         notes=tuple(notes),
     )
+
+
+def _distributed_sizes(
+    connection: Connection, name: str, schema: str, oid: int
+) -> tuple[int, int, int, str] | None:
+    """``(table, index, total bytes, note)`` over the shards of a Citus distributed table, or
+    ``None`` for any other table (or without the ``citus`` extension)."""
+    if extension_version(connection, "citus") is None:
+        return None
+    state = read_distribution_state(connection, name, schema)
+    if not state.is_distributed:
+        return None
+    sizes = connection.execute(
+        text("SELECT citus_table_size(:oid), citus_total_relation_size(:oid)"), {"oid": oid}
+    ).one()
+    table_bytes, total_bytes = _int(sizes[0]), _int(sizes[1])
+    note = (
+        f"Citus distributed table: by {state.column!r} over {state.shard_count} shards; "
+        "sizes summed over the shards (indexes included in the total)"
+    )
+    return table_bytes, total_bytes - table_bytes, total_bytes, note
 
 
 def _int(value: object) -> int:

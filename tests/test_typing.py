@@ -73,8 +73,6 @@ def _where(modules: dict[Path, list[tuple[Block, int]]], report: str) -> str:
 KNOWN_ISSUES: dict[str, str] = {
     "docs/aggregates.md": "names re-bound to other types; `float | None` arithmetic; "
     "`op.create_continuous_aggregate` unknown to Alembic's `op` stub",
-    "docs/clients.md": "one name `client` for store and query clients; `last_result` is Optional",
-    "docs/index.md": "`last_result` is `WriteResult | None`",
 }
 _reports: dict[bool, tuple[dict[Path, list[tuple[Block, int]]], str]] = {}
 

@@ -213,9 +213,7 @@ def _run_demo(args: argparse.Namespace, engine: Engine, table: Table, out: Outpu
     with SignalsStoreClient(engine, table=table, registry=registry) as store:
 
         def write(batch: list[DemoSignal]) -> WriteResult:
-            store.write_signals(batch)
-            assert store.last_result is not None  # set by every successful call
-            return store.last_result
+            return store.upsert(batch)
 
         # Full chunks reach the writer's batch_threshold (COPY on PostgreSQL); a remainder
         # smaller than that is upserted.

@@ -25,7 +25,12 @@ from ..errors import ConfigurationError
 from ..types import JSONDocument, timestamptz
 from .aggregates import signals_rollup
 from .ddl import attach_ddl_hooks
-from .options import TIMESCALE_INFO_KEY, TimescaleOptions
+from .options import (
+    DISTRIBUTION_INFO_KEY,
+    TIMESCALE_INFO_KEY,
+    DistributionOptions,
+    TimescaleOptions,
+)
 
 __all__ = [
     "DEFAULT_NAMING",
@@ -66,17 +71,29 @@ def signals_table(
     schema: str | None = None,
     timescale: TimescaleOptions | None = _DEFAULT_TIMESCALE,
     naming: Mapping[str, str] | None = None,
+    distribution: DistributionOptions | None = None,
 ) -> Table:
     """Define the signals table on ``metadata`` (the host application's own, typically).
 
     The columns, check constraint, primary key and the three indexes are those of the spec.
     ``timescale`` (``None`` for a plain table) is stored in ``Table.info`` and applied by an
     ``after_create`` hook on PostgreSQL when the ``timescaledb`` extension is present.
+
+    ``distribution`` (:class:`DistributionOptions`) makes the table a Citus distributed table
+    instead, by the same hook when the ``citus`` extension is present; it needs
+    ``timescale=None`` (a hypertable cannot be distributed by Citus).
     """
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"table name must be a non-empty string, got {name!r}")
     if timescale is not None and not isinstance(timescale, TimescaleOptions):
         raise ConfigurationError(f"timescale must be TimescaleOptions or None, got {timescale!r}")
+    if distribution is not None:
+        _check_distribution(name, timescale, distribution)
+    info: dict[str, object] = {}
+    if timescale is not None:
+        info[TIMESCALE_INFO_KEY] = timescale
+    if distribution is not None:
+        info[DISTRIBUTION_INFO_KEY] = distribution
     names = {**DEFAULT_NAMING, **(naming or {})}
     table = Table(
         name,
@@ -92,7 +109,7 @@ def signals_table(
         PrimaryKeyConstraint(*KEY_COLUMNS, name=_name(names, "pk", name, "")),
         CheckConstraint("symbol = UPPER(symbol)", name=_name(names, "ck", name, "symbol_upper")),
         schema=schema,
-        info={TIMESCALE_INFO_KEY: timescale} if timescale is not None else {},
+        info=info,
     )
     c = table.c
     Index(
@@ -110,7 +127,30 @@ def signals_table(
         attach_ddl_hooks(table)
         for width in timescale.rollups:
             signals_rollup(table, width)
+    if distribution is not None:
+        attach_ddl_hooks(table)
     return table
+
+
+def _check_distribution(
+    name: str, timescale: TimescaleOptions | None, distribution: DistributionOptions
+) -> None:
+    if not isinstance(distribution, DistributionOptions):
+        raise ConfigurationError(
+            f"distribution must be DistributionOptions or None, got {distribution!r}"
+        )
+    if timescale is not None:
+        raise ConfigurationError(
+            f"table {name!r} asks for a TimescaleDB hypertable and a Citus distributed table; "
+            "a hypertable cannot be distributed by Citus: pass timescale=None (SignalMixin: "
+            "__timescale__ = None) to distribute it, or drop distribution= to keep the hypertable"
+        )
+    if distribution.column not in KEY_COLUMNS:
+        raise ConfigurationError(
+            f"distribution column {distribution.column!r} of table {name!r} is not part of the "
+            f"primary key {KEY_COLUMNS}: Citus enforces a primary key only when it contains the "
+            "distribution column; distribute by one of its columns (symbol is the usual choice)"
+        )
 
 
 class SignalMixin:
@@ -122,6 +162,8 @@ class SignalMixin:
     * ``__table_args__ = {"schema": "analytics"}`` (SQLAlchemy's convention; the older
       ``__table_schema__`` is accepted too);
     * ``__timescale__``: the :class:`TimescaleOptions`, or ``None`` for a plain table;
+    * ``__distribution__``: the :class:`DistributionOptions` of a Citus distributed table
+      (with ``__timescale__ = None``), or ``None`` (the default);
     * ``__signals_naming__``: name templates for the constraints and indexes (``naming=`` of
       :func:`signals_table`).
 
@@ -130,6 +172,7 @@ class SignalMixin:
     """
 
     __timescale__: ClassVar[TimescaleOptions | None] = _DEFAULT_TIMESCALE
+    __distribution__: ClassVar[DistributionOptions | None] = None
     __table_schema__: ClassVar[str | None] = None
     __signals_naming__: ClassVar[Mapping[str, str] | None] = None
 
@@ -157,6 +200,7 @@ class SignalMixin:
                 schema=_mixin_schema(cls),
                 timescale=cls.__timescale__,
                 naming=cls.__signals_naming__,
+                distribution=cls.__distribution__,
             )
 
         @declared_attr.directive

@@ -1,4 +1,4 @@
-"""TimescaleDB settings of a signals table, read by the DDL hooks and by alembic_ext."""
+"""TimescaleDB and Citus settings of a signals table, read by the DDL hooks and by alembic_ext."""
 
 from __future__ import annotations
 
@@ -12,10 +12,20 @@ from ..errors import ConfigurationError
 if TYPE_CHECKING:
     from sqlalchemy import Table
 
-__all__ = ["TIMESCALE_INFO_KEY", "OrderByItem", "TimescaleOptions", "get_timescale_options"]
+__all__ = [
+    "DISTRIBUTION_INFO_KEY",
+    "TIMESCALE_INFO_KEY",
+    "DistributionOptions",
+    "OrderByItem",
+    "TimescaleOptions",
+    "get_distribution_options",
+    "get_timescale_options",
+]
 
 #: Key under which :class:`TimescaleOptions` is stored in ``Table.info``.
 TIMESCALE_INFO_KEY = "sa_signals.timescale"
+#: Key under which :class:`DistributionOptions` is stored in ``Table.info``.
+DISTRIBUTION_INFO_KEY = "sa_signals.distribution"
 
 _ORDER_BY = re.compile(
     r"^\s*(?P<column>[A-Za-z_][A-Za-z0-9_$]*)"
@@ -141,3 +151,81 @@ def get_timescale_options(table: Table) -> TimescaleOptions | None:
     """The :class:`TimescaleOptions` stored on ``table``, or ``None`` for a plain table."""
     value = table.info.get(TIMESCALE_INFO_KEY)
     return value if isinstance(value, TimescaleOptions) else None
+
+
+#: Citus's own ``colocate_with`` values: the default colocation group of the column's type, or
+#: a new group of the table's own.
+_COLOCATE_KEYWORDS = frozenset({"default", "none"})
+
+
+@dataclass(frozen=True)
+class DistributionOptions:
+    """How a signals table is distributed on Citus (a hash-distributed table).
+
+    ``column`` is the distribution column; it must be part of the primary key
+    ``(provider, symbol, ts, name)``, since Citus enforces a unique constraint only when it
+    contains the distribution column. ``symbol`` (the default) spreads the load over as many
+    shards as there are symbols and keeps every per-symbol query (latest, history, metrics) on
+    one shard.
+
+    ``shard_count`` (``None``: Citus's ``citus.shard_count``, 32 by default) and
+    ``colocate_with`` (``"default"``, ``"none"`` or the name of a distributed table, optionally
+    schema-qualified: shards of equal distribution values then live on the same node) are passed
+    to ``create_distributed_table``. Citus refuses a ``shard_count`` together with a table to
+    colocate with (the table's count applies), and so does this class.
+
+    ``require_citus`` turns a missing ``citus`` extension into
+    :class:`~sa_signals.errors.CitusUnavailableError` instead of a warning; ``create_extension``
+    runs ``CREATE EXTENSION IF NOT EXISTS citus`` first when the server has it loaded but the
+    database does not have it (the workers need it in the same database too).
+    """
+
+    column: str = "symbol"
+    shard_count: int | None = None
+    colocate_with: str = "default"
+    require_citus: bool = False
+    create_extension: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.column, str) or not self.column:
+            raise ConfigurationError(
+                f"distribution column must be a non-empty string, got {self.column!r}"
+            )
+        count = self.shard_count
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64000
+        ):
+            raise ConfigurationError(
+                f"shard_count must be None or an int from 1 to 64000, got {count!r}"
+            )
+        colocate = self.colocate_with
+        if not isinstance(colocate, str) or not colocate.strip():
+            raise ConfigurationError(
+                "colocate_with must be 'default', 'none' or a distributed table's name, "
+                f"got {colocate!r}"
+            )
+        if colocate.lower() in _COLOCATE_KEYWORDS:
+            object.__setattr__(self, "colocate_with", colocate.lower())
+        elif count is not None:
+            raise ConfigurationError(
+                f"shard_count={count} and colocate_with={colocate!r} do not combine: a table "
+                "colocated with another has that table's shard count; pass one of them"
+            )
+        for flag in ("require_citus", "create_extension"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigurationError(f"{flag} must be True or False")
+
+    @property
+    def colocates_with_table(self) -> bool:
+        """Whether ``colocate_with`` names a table (not ``"default"`` / ``"none"``)."""
+        return self.colocate_with not in _COLOCATE_KEYWORDS
+
+    def replace(self, **changes: object) -> DistributionOptions:
+        """A copy with ``changes`` applied (validated again)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def get_distribution_options(table: Table) -> DistributionOptions | None:
+    """The :class:`DistributionOptions` stored on ``table``, or ``None`` when not distributed."""
+    value = table.info.get(DISTRIBUTION_INFO_KEY)
+    return value if isinstance(value, DistributionOptions) else None

@@ -230,7 +230,9 @@ def _write_order(quote: Any, prefix: str = "") -> str:
     )
 
 
-def merge_statement(table: Table, dialect: Dialect, kind: MergeKind) -> TextClause:
+def merge_statement(
+    table: Table, dialect: Dialect, kind: MergeKind, *, skip_unchanged: bool = True
+) -> TextClause:
     """Merge the staging table into ``table``; returns one row ``(distinct, inserted, changed)``.
 
     ``distinct`` is NULL unless ``kind`` is :attr:`MergeKind.COUNTED` (the caller knows it).
@@ -239,6 +241,11 @@ def merge_statement(table: Table, dialect: Dialect, kind: MergeKind) -> TextClau
     Rows the table already holds unchanged are left out before the insert (``NOT EXISTS``):
     a replay then locks no row and writes no WAL; the ``ON CONFLICT ... WHERE`` still decides
     for rows another transaction changed in between.
+
+    ``skip_unchanged=False`` leaves that pre-filter out, for Citus: a correlated subquery on a
+    distributed table is not supported there ("correlated subqueries are not supported when
+    the FROM clause contains a CTE or subquery"). The ``ON CONFLICT ... WHERE`` then alone
+    keeps unchanged rows unchanged; the counts are the same.
     """
     quote = dialect.identifier_preparer.quote
     target = dialect.identifier_preparer.format_table(table)
@@ -266,10 +273,10 @@ def merge_statement(table: Table, dialect: Dialect, kind: MergeKind) -> TextClau
     src_order = ", ".join(
         f"src.{quote(k)}" if k == "ts" else f'src.{quote(k)} COLLATE "C"' for k in WRITE_ORDER
     )
+    held = f"WHERE NOT EXISTS (SELECT FROM {target} AS held WHERE {unchanged}) "
     source = (
         f"SELECT {selected} FROM {origin} "  # noqa: S608
-        f"WHERE NOT EXISTS (SELECT FROM {target} AS held WHERE {unchanged}) "
-        f"ORDER BY {src_order}"
+        f"{held if skip_unchanged else ''}ORDER BY {src_order}"
     )
     sets = ", ".join(f"{quote(k)} = excluded.{quote(k)}" for k in PAYLOAD_COLUMNS)
     changed = " OR ".join(

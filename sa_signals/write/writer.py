@@ -23,6 +23,10 @@ TimescaleDB: one merge per call may decompress more tuples of compressed chunks 
 writer sets it for the call (``set_config(..., is_local => true)``) to ``max_tuples_decompressed``
 (default 0, unlimited) when the server has the setting, and puts the previous value back after
 the call when the transaction is the caller's.
+
+Citus: in a database with the ``citus`` extension the merge leaves out its pre-filter of unchanged
+rows (see :func:`~sa_signals.write.statements.merge_statement`); the coordinator pulls the
+staged rows and routes each to its shard.
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ _write_key = itemgetter(1, 2, 3, 4)
 _PARAM_NAMES = ("provider", "symbol", "ts", "name", "value", "score", "metadata")
 # connection.info key: whether this database session has the decompression setting.
 _HAS_SETTING = "sa_signals.decompression_setting"
+# connection.info key: whether this database has the citus extension.
+_HAS_CITUS = "sa_signals.citus"
+_READ_CITUS = text("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')")
 _READ_SETTING = text("SELECT current_setting(:name, true)")
 _SWAP_SETTING = text("SELECT current_setting(:name), set_config(:name, :value, true)")
 _SET_SETTING = text("SELECT set_config(:name, :value, true)")
@@ -122,8 +129,8 @@ def _upsert(table: Table, dialect_name: str) -> Insert:
 
 
 @functools.lru_cache(maxsize=256)
-def _merge(table: Table, dialect: Any, kind: MergeKind) -> Any:
-    return merge_statement(table, dialect, kind)
+def _merge(table: Table, dialect: Any, kind: MergeKind, skip_unchanged: bool) -> Any:
+    return merge_statement(table, dialect, kind, skip_unchanged=skip_unchanged)
 
 
 @functools.lru_cache(maxsize=128)
@@ -286,8 +293,9 @@ class Writer:
             kind, distinct = MergeKind.DEDUPLICATED, received - stats.duplicates
         else:
             kind, distinct = MergeKind.COUNTED, -1
+        merge = _merge(self.table, dialect, kind, not _has_citus(connection))
         with self._decompression(connection, own):
-            counted, inserted, changed = connection.execute(_merge(self.table, dialect, kind)).one()
+            counted, inserted, changed = connection.execute(merge).one()
         if not own:
             connection.execute(truncate_stage(dialect))
         if kind is MergeKind.COUNTED:
@@ -380,4 +388,14 @@ def _has_decompression_setting(connection: Connection) -> bool:
     if found is None:
         value = connection.execute(_READ_SETTING, {"name": DECOMPRESSION_SETTING}).scalar()
         found = info[_HAS_SETTING] = value is not None
+    return bool(found)
+
+
+def _has_citus(connection: Connection) -> bool:
+    # Asked once per database session. On Citus the merge leaves out its pre-filter of
+    # unchanged rows (a correlated subquery Citus cannot plan on a distributed table).
+    info = connection.info
+    found = info.get(_HAS_CITUS)
+    if found is None:
+        found = info[_HAS_CITUS] = bool(connection.execute(_READ_CITUS).scalar())
     return bool(found)

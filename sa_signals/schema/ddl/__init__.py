@@ -2,6 +2,8 @@
 
 Portable code lives here; each dialect module (``postgresql``, ``common``) exposes
 ``after_create(table, connection, options)`` and ``ensure_timescale(...)`` with the same shape.
+Citus distribution (``citus``, PostgreSQL only) is applied by the same listener; a table has
+TimescaleDB options or distribution options, never both (the table factory refuses).
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, event
 
-from ..options import get_timescale_options
+from ..options import get_distribution_options, get_timescale_options
 
-__all__ = ["attach_ddl_hooks", "ensure_timescale", "select_dialect"]
+__all__ = ["attach_ddl_hooks", "ensure_distribution", "ensure_timescale", "select_dialect"]
 
 _HOOKED = "sa_signals.ddl_hooked"
 
@@ -33,10 +35,15 @@ def _after_create(table: Table, connection: Connection, **_: Any) -> None:
     options = get_timescale_options(table)
     if options is not None:
         select_dialect(connection.dialect.name).after_create(table, connection, options)
+    distribution = get_distribution_options(table)
+    if distribution is not None and connection.dialect.name == "postgresql":
+        from . import citus
+
+        citus.after_create(table, connection, distribution)
 
 
 def attach_ddl_hooks(table: Table) -> None:
-    """Register the Timescale ``after_create`` hook on ``table`` (once)."""
+    """Register the Timescale / Citus ``after_create`` hook on ``table`` (once)."""
     if not table.info.get(_HOOKED):
         event.listen(table, "after_create", _after_create)
         table.info[_HOOKED] = True
@@ -54,3 +61,18 @@ def ensure_timescale(table: Table, connection: Connection) -> bool:
         table, connection, options
     )
     return result
+
+
+def ensure_distribution(table: Table, connection: Connection) -> bool:
+    """Distribute an existing table as its :class:`~sa_signals.DistributionOptions` say;
+    idempotent (a table that is already distributed is left alone).
+
+    Returns ``True`` when the table is distributed afterwards, ``False`` on a database without
+    Citus, on another dialect, or for a table without distribution options.
+    """
+    options = get_distribution_options(table)
+    if options is None or connection.dialect.name != "postgresql":
+        return False
+    from . import citus
+
+    return citus.ensure_distribution(table, connection, options)
