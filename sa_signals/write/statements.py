@@ -37,6 +37,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    exists,
     func,
     literal_column,
     or_,
@@ -61,6 +62,7 @@ __all__ = [
     "MergeKind",
     "copy_statement",
     "merge_statement",
+    "range_probe_statement",
     "sqlite_merge",
     "sqlite_stage",
     "stage_ddl",
@@ -231,7 +233,12 @@ def _write_order(quote: Any, prefix: str = "") -> str:
 
 
 def merge_statement(
-    table: Table, dialect: Dialect, kind: MergeKind, *, skip_unchanged: bool = True
+    table: Table,
+    dialect: Dialect,
+    kind: MergeKind,
+    *,
+    skip_unchanged: bool = True,
+    fresh: bool = False,
 ) -> TextClause:
     """Merge the staging table into ``table``; returns one row ``(distinct, inserted, changed)``.
 
@@ -246,6 +253,14 @@ def merge_statement(
     distributed table is not supported there ("correlated subqueries are not supported when
     the FROM clause contains a CTE or subquery"). The ``ON CONFLICT ... WHERE`` then alone
     keeps unchanged rows unchanged; the counts are the same.
+
+    ``fresh=True``: the plain ``INSERT ... SELECT`` (no pre-filter, no ``ON CONFLICT``), for a
+    call whose time range held no row when probed (:func:`range_probe_statement`). About a
+    fifth cheaper on the server than the merge (no arbiter check, no speculative insertion).
+    Run it inside a savepoint: a key a concurrent writer added meanwhile raises a unique
+    violation (``23505``), and the caller rolls back to the savepoint and merges instead.
+    Rows still go in :data:`WRITE_ORDER`, so two such inserts of the same new keys wait for
+    each other in one order (no deadlock).
     """
     quote = dialect.identifier_preparer.quote
     target = dialect.identifier_preparer.format_table(table)
@@ -282,17 +297,36 @@ def merge_statement(
     changed = " OR ".join(
         f"target.{quote(k)} IS DISTINCT FROM excluded.{quote(k)}" for k in PAYLOAD_COLUMNS
     )
-    merged = (
-        f"merged AS (INSERT INTO {target} AS target ({columns}) {source} "
-        f"ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE {changed} "
-        f"RETURNING (target.xmax = 0) AS inserted)"
-    )
+    if fresh:
+        source = f"SELECT {selected} FROM {origin} ORDER BY {src_order}"  # noqa: S608
+        merged = (
+            f"merged AS (INSERT INTO {target} AS target ({columns}) {source} "
+            "RETURNING true AS inserted)"
+        )
+    else:
+        merged = (
+            f"merged AS (INSERT INTO {target} AS target ({columns}) {source} "
+            f"ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE {changed} "
+            f"RETURNING (target.xmax = 0) AS inserted)"
+        )
     if kind is MergeKind.COUNTED:
         src = f"SELECT {last} {cast_metadata} FROM {stage} {by_key}, ord DESC"  # noqa: S608
         prefix = f"WITH src AS MATERIALIZED ({src}), {merged} SELECT (SELECT count(*) FROM src)"  # noqa: S608
     else:
         prefix = f"WITH {merged} SELECT CAST(NULL AS bigint)"
     return text(f"{prefix}, count(*) FILTER (WHERE inserted), count(*) FROM merged")
+
+
+def range_probe_statement(table: Table) -> Any:
+    """Whether ``table`` holds any row with ``ts`` between ``:low`` and ``:high`` (one row).
+
+    Answered from the ``ts`` index (and chunk exclusion on a hypertable); it stops at the
+    first row found.
+    """
+    ts = table.c.ts
+    low = bindparam("low", type_=ts.type)
+    high = bindparam("high", type_=ts.type)
+    return select(exists().where(ts >= low, ts <= high))
 
 
 def sqlite_stage(table: Table) -> Table:

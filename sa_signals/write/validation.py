@@ -60,15 +60,19 @@ class RowStats:
     bounded memory (timestamps never went back and no instant held more than ``limit`` keys),
     else ``None``. Set however the iteration ends: ``count``, the signals read (the failing
     one included), and ``error``, the exception raised inside the iteration (by the caller's
-    iterable or by validation), so the write path can tell it from a driver's.
+    iterable or by validation), so the write path can tell it from a driver's. ``low`` and
+    ``high``: the first and last timestamp when ``duplicates`` could be counted (timestamps
+    never went back), else ``None``.
     """
 
-    __slots__ = ("count", "duplicates", "error", "limit", "ordered")
+    __slots__ = ("count", "duplicates", "error", "high", "limit", "low", "ordered")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.ordered = False
         self.duplicates: int | None = None
+        self.low: datetime | None = None
+        self.high: datetime | None = None
         self.count = 0
         self.error: BaseException | None = None
 
@@ -294,6 +298,7 @@ def validate_signals(
     ordered = True
     duplicates = 0
     last_ts = _BEFORE_ALL
+    low: datetime | None = None
     last_key: tuple[Any, ...] = _NO_KEY
     first_key: tuple[str, ...] = _NO_KEY
     group: set[tuple[str, ...]] | None = None
@@ -382,6 +387,8 @@ def validate_signals(
                     group_key = (provider, symbol, name)
                     if group is None:
                         group = {first_key}
+                        if low is None:  # the first rows are at datetime.min (UTC)
+                            low = ts
                     if group_key in group:
                         duplicates += 1
                     else:
@@ -389,6 +396,8 @@ def validate_signals(
                         if len(group) > limit:
                             tracking = False
                 elif ts > last_ts:
+                    if low is None:
+                        low = ts
                     last_ts = ts
                     first_key = (provider, symbol, name)
                     group = None
@@ -398,6 +407,8 @@ def validate_signals(
         if stats is not None:
             stats.ordered = ordered
             stats.duplicates = duplicates if tracking else None
+            if tracking and low is not None:
+                stats.low, stats.high = low, last_ts
     except BaseException as exc:
         if stats is not None:
             stats.error = exc

@@ -51,6 +51,7 @@ from .statements import (
     STAGE_COLUMNS,
     MergeKind,
     merge_statement,
+    range_probe_statement,
     sqlite_merge,
     sqlite_stage,
     stage_ddl,
@@ -86,6 +87,7 @@ _HAS_SETTING = "sa_signals.decompression_setting"
 # connection.info key: whether this database has the citus extension.
 _HAS_CITUS = "sa_signals.citus"
 _READ_CITUS = text("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')")
+_UNIQUE_VIOLATION = "23505"
 _READ_SETTING = text("SELECT current_setting(:name, true)")
 _SWAP_SETTING = text("SELECT current_setting(:name), set_config(:name, :value, true)")
 _SET_SETTING = text("SELECT set_config(:name, :value, true)")
@@ -129,8 +131,15 @@ def _upsert(table: Table, dialect_name: str) -> Insert:
 
 
 @functools.lru_cache(maxsize=256)
-def _merge(table: Table, dialect: Any, kind: MergeKind, skip_unchanged: bool) -> Any:
-    return merge_statement(table, dialect, kind, skip_unchanged=skip_unchanged)
+def _merge(
+    table: Table, dialect: Any, kind: MergeKind, skip_unchanged: bool, fresh: bool = False
+) -> Any:
+    return merge_statement(table, dialect, kind, skip_unchanged=skip_unchanged, fresh=fresh)
+
+
+@functools.lru_cache(maxsize=128)
+def _range_probe(table: Table) -> Any:
+    return range_probe_statement(table)
 
 
 @functools.lru_cache(maxsize=128)
@@ -293,14 +302,39 @@ class Writer:
             kind, distinct = MergeKind.DEDUPLICATED, received - stats.duplicates
         else:
             kind, distinct = MergeKind.COUNTED, -1
-        merge = _merge(self.table, dialect, kind, not _has_citus(connection))
+        citus = _has_citus(connection)
+        merge = _merge(self.table, dialect, kind, not citus)
         with self._decompression(connection, own):
-            counted, inserted, changed = connection.execute(merge).one()
+            row = None
+            if kind is not MergeKind.COUNTED and stats.low is not None and not citus:
+                row = self._insert_fresh(connection, kind, stats)
+            counted, inserted, changed = row or connection.execute(merge).one()
         if not own:
             connection.execute(truncate_stage(dialect))
         if kind is MergeKind.COUNTED:
             distinct = int(counted)
         return self._result(received, distinct, inserted, changed, progress.method)
+
+    def _insert_fresh(
+        self, connection: Connection, kind: MergeKind, stats: RowStats
+    ) -> tuple[Any, int, int] | None:
+        """The staged rows by plain INSERT when the table held no row in the call's time
+        range (see ``merge_statement(fresh=True)``); ``None``: merge instead."""
+        table = self.table
+        probe = {"low": stats.low, "high": stats.high}
+        if connection.execute(_range_probe(table), probe).scalar():
+            return None
+        savepoint = connection.begin_nested()
+        try:
+            row = connection.execute(_merge(table, connection.dialect, kind, True, True)).one()
+        except DBAPIError as exc:
+            error = database_error(exc)
+            if error is None or error.sqlstate != _UNIQUE_VIOLATION:
+                raise
+            savepoint.rollback()  # a concurrent writer added one of the keys: merge
+            return None
+        savepoint.commit()
+        return row[0], int(row[1]), int(row[2])
 
     @staticmethod
     def _result(
