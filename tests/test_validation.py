@@ -307,3 +307,14 @@ def test_texts_checked_once_per_call_are_still_checked_per_field() -> None:
     assert [row[1:3] for row in rows] == [("p", "SPY"), ("spy", "SPY"), ("p", "SPY")]
     assert [type(row[2]) for row in rows] == [str, str, str]
     assert rows[2][4] == "spy"
+
+
+def test_row_stats_time_bounds_only_when_timestamps_never_go_back() -> None:
+    first = datetime.min.replace(tzinfo=timezone.utc)
+    rising = [good(ts=first), good(ts=first, name="b"), good(ts=TS), good(ts=TS, name="b")]
+    stats = RowStats(10)
+    list(validate_signals(rising, stats=stats))
+    assert (stats.low, stats.high) == (first, TS)
+    stats = RowStats(10)
+    list(validate_signals([good(ts=TS), good(ts=TS - timedelta(seconds=1))], stats=stats))
+    assert (stats.low, stats.high) == (None, None)
