@@ -12,6 +12,10 @@ and writes each key once (the last occurrence wins), whatever its size and ``bat
   drivers without COPY; the signals are validated while they stream, so client and server
   work overlap and client memory stays bounded by ``batch_size``. The merge skips the sort or
   the deduplication when the per-row loop saw that the data does not need it (``RowStats``).
+  When the timestamps never went back and the table holds no row between the call's first
+  and last one (one index probe), the merge is a plain ``INSERT ... SELECT`` in write order
+  inside a savepoint (no pre-filter, no ``ON CONFLICT``); a unique violation (a concurrent
+  writer added one of the keys) rolls back to the savepoint and the call merges.
 
 Failures: an :class:`~sa_signals.errors.InvalidSignalError` or an exception of the caller's
 iterable propagates unchanged; every database, driver or pool failure becomes a
