@@ -80,7 +80,8 @@ class CreateContinuousAggregateOp(ContinuousAggregateOp):
         super().__init__(view_name, schema=schema)
         if not isinstance(definition, str) or not definition.strip():
             raise ConfigurationError(f"definition must be SQL text, got {definition!r}")
-        self.definition = definition.strip()
+        # pg_get_viewdef ends with ';': a trailing one would end the statement early.
+        self.definition = definition.strip().rstrip(";").rstrip()
         self.materialized_only = bool(_flag("materialized_only", materialized_only))
 
     def _key(self) -> tuple[Any, ...]:
@@ -210,7 +211,7 @@ class AddContinuousAggregatePolicyOp(ContinuousAggregateOp):
             )
         )
 
-    def reverse(self) -> RemoveContinuousAggregatePolicyOp:
+    def _opposite(self) -> RemoveContinuousAggregatePolicyOp:
         return RemoveContinuousAggregatePolicyOp(
             self.table_name, schema=self.schema, _previous=self.policy
         )
@@ -237,7 +238,7 @@ class RemoveContinuousAggregatePolicyOp(ContinuousAggregateOp):
         """Remove the aggregate's refresh policy (no-op if there is none)."""
         operations.invoke(cls(view_name, schema=schema))
 
-    def reverse(self) -> AddContinuousAggregatePolicyOp:
+    def _opposite(self) -> AddContinuousAggregatePolicyOp:
         if self._previous is None:
             raise ValueError(
                 f"remove_continuous_aggregate_policy on {self.table_name!r} is not reversible: "
@@ -314,7 +315,7 @@ class AlterContinuousAggregateOp(ContinuousAggregateOp):
             )
         )
 
-    def reverse(self) -> AlterContinuousAggregateOp:
+    def _opposite(self) -> AlterContinuousAggregateOp:
         def before(new: bool | None, existing: bool | None) -> bool | None:
             if new is None:
                 return None

@@ -4,6 +4,14 @@ client and hand-written psycopg SQL (the baseline), with p50/p95 latencies and r
     .venv/bin/python benchmarks/query_bench.py [--url postgresql://postgres@127.0.0.1:5432/bench_query]
                                                [--rows 2000000] [--iterations 300] [--rounds 5]
                                                [--reload] [--only latest metrics] [--json out.json]
+    .venv/bin/python benchmarks/query_bench.py --rollup --url postgresql://...:55433/db
+                                               [--schema bench_rollup] [--iterations 30]
+
+Rollup mode (TimescaleDB): 2M signals over 60 days (dense: 16 series; sparse: 100), loaded
+through ``SignalsStoreClient`` (its COPY path) into a table with hourly and daily rollups,
+refreshed; then ``get_signal_summary`` / ``get_signal_metrics`` over 30 days, the summary over
+24 hours and daily buckets over 30 days, through the rollups and through the raw table (the
+same table declared without them) in the same run, interleaved; medians and raw/rollup ratios.
 
 The database is created when missing; the table is loaded once with binary COPY (4 providers x
 100 symbols x 10 names, timestamps spread over the last 7 days, newest at load time) and kept
@@ -414,6 +422,180 @@ def check_plans(url: str, table: Table, newest: datetime) -> bool:
     return ok
 
 
+# --------------------------------------------------------------------------- rollup mode
+
+# Dense series, as a model scoring a few instruments continuously would write: 16 series with
+# one signal every ~41 s each (2M over 60 days). ``--series-shape sparse`` spreads the same rows
+# over 100 series (one every ~43 min each, 2 providers): the rollup helps the 30-day summary as
+# much, a single series' metrics much less (there are only 10,000 rows to scan per series).
+ROLLUP_SHAPES = {
+    "dense": (["provider_0"], [f"SYM{i:03d}" for i in range(4)], [f"signal_{i}" for i in range(4)]),
+    "sparse": (
+        [f"provider_{i}" for i in range(2)],
+        [f"SYM{i:03d}" for i in range(10)],
+        [f"signal_{i}" for i in range(5)],
+    ),
+}
+ROLLUP_SPAN = timedelta(days=60)
+ROLLUP_QUERIES = ("summary_30d", "metrics_30d", "summary_24h", "buckets_1d_30d")
+ROLLUP_TARGETS = {"summary_30d": 20.0, "metrics_30d": 20.0, "summary_24h": 5.0}
+
+
+def rollup_load(url: str, schema: str, rows: int, reload: bool, shape: str) -> tuple[Table, Table]:
+    """The signals table with hourly and daily rollups in ``schema`` (loaded once, through the
+    store client's COPY path), refreshed; returns (with rollups, the same table without)."""
+    from sqlalchemy import create_engine, text
+
+    from sa_signals import SignalsStoreClient, TimescaleOptions
+    from sa_signals.schema.aggregates import get_rollups
+
+    engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"))
+    options = TimescaleOptions(compression=False, rollups=(timedelta(hours=1), timedelta(days=1)))
+    table = signals_table(MetaData(), schema=schema, timescale=options)
+    raw = signals_table(MetaData(), schema=schema, timescale=None)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        exists = conn.dialect.has_table(conn, "signals", schema=schema)
+        count = 0
+        if exists and not reload:
+            count = conn.execute(text(f'SELECT count(*) FROM "{schema}".signals')).scalar_one()
+    if count < rows:
+        with engine.begin() as conn:
+            table.metadata.drop_all(conn)
+            table.metadata.create_all(conn)
+            # The policies would refresh behind the measurement: this run refreshes by hand.
+            conn.execute(
+                text(
+                    "SELECT alter_job(job_id, scheduled => false) "
+                    "FROM timescaledb_information.jobs WHERE hypertable_schema = :s"
+                ),
+                {"s": schema},
+            )
+        providers, symbols, names = ROLLUP_SHAPES[shape]
+        series = [(p, s, n) for p in providers for s in symbols for n in names]
+        per_series = rows // len(series)
+        step = ROLLUP_SPAN / per_series
+        newest = datetime.now(UTC).replace(microsecond=0)
+        rng = random.Random(11)
+        phases = [step * rng.random() for _ in series]
+        started = time.perf_counter()
+        batch: list[dict[str, Any]] = []
+        with SignalsStoreClient(engine, table=table, batch_threshold=1000) as client:
+            for k in range(per_series, 0, -1):
+                base = newest - step * k
+                for i, (p, s, n) in enumerate(series):
+                    batch.append(
+                        {"provider": p, "symbol": s, "ts": base + phases[i], "name": n,
+                         "value": 1000.0 + rng.gauss(0, 25), "score": None}
+                    )  # fmt: skip
+                if len(batch) >= 200_000:
+                    client.upsert(batch)
+                    batch = []
+            if batch:
+                client.upsert(batch)
+        loaded = time.perf_counter() - started
+        total = per_series * len(series)
+        print(
+            f"loaded {total:,} rows over {ROLLUP_SPAN.days} days through SignalsStoreClient "
+            f"(COPY path) in {loaded:.1f} s ({total / loaded:,.0f} rows/s)"
+        )
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f'VACUUM ANALYZE "{schema}".signals'))
+    started = time.perf_counter()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for rollup in get_rollups(table):
+            rollup.aggregate.refresh_now(conn)
+            conn.execute(text(f'ANALYZE "{schema}".{rollup.aggregate.name}'))
+    print(f"refreshed the rollups in {time.perf_counter() - started:.1f} s")
+    engine.dispose()
+    return table, raw
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1e-12)
+    return bool(a == b)
+
+
+def rollup_main(args: argparse.Namespace) -> int:
+    """Rollup vs raw table, same run, same data, interleaved call by call."""
+    schema = f"{args.schema}_{args.series_shape}"
+    table, raw = rollup_load(args.url, schema, args.rows, args.reload, args.series_shape)
+    providers, symbols, names = ROLLUP_SHAPES[args.series_shape]
+    rng = random.Random(3)
+    picks = [
+        (rng.choice(providers), rng.choice(symbols), rng.choice(names))
+        for _ in range(args.iterations)
+    ]
+    month = 24.0 * 30
+
+    def calls(client: SignalsQueryClient) -> dict[str, Callable[[tuple[str, str, str]], Any]]:
+        return {
+            "summary_30d": lambda a: client.get_signal_summary(a[0], hours_back=month),
+            "metrics_30d": lambda a: client.get_signal_metrics(*a, hours_back=month),
+            "summary_24h": lambda a: client.get_signal_summary(a[0], hours_back=24),
+            "buckets_1d_30d": lambda a: client.get_signal_buckets(
+                *a, timedelta(days=1), hours_back=month
+            ),
+        }
+
+    results: dict[str, dict[str, list[float]]] = {
+        n: {"raw": [], "rollup": []} for n in ROLLUP_QUERIES
+    }
+    ratios: dict[str, list[float]] = {n: [] for n in ROLLUP_QUERIES}
+    same = True
+    with (
+        SignalsQueryClient(args.url, table=table) as rolled,
+        SignalsQueryClient(args.url, table=raw) as plain,
+    ):
+        contenders = {"rollup": calls(rolled), "raw": calls(plain)}
+        for name in ROLLUP_QUERIES:
+            a = picks[0]
+            same &= _close(contenders["rollup"][name](a), contenders["raw"][name](a))
+        for _ in range(args.rounds):
+            for name in ROLLUP_QUERIES:
+                samples: dict[str, list[float]] = {"raw": [], "rollup": []}
+                for index, a in enumerate(picks):
+                    order = ("raw", "rollup") if index % 2 else ("rollup", "raw")
+                    for who in order:
+                        samples[who].append(timed(contenders[who][name], a))
+                medians = {who: statistics.median(v) for who, v in samples.items()}
+                for who, value in medians.items():
+                    results[name][who].append(value)
+                ratios[name].append(medians["raw"] / medians["rollup"])
+    count = len(providers) * len(symbols) * len(names)
+    print(
+        f"\n{args.rows:,} rows over {ROLLUP_SPAN.days} days in {count} "
+        f"series ({args.series_shape}), rollups 1h + 1d, {args.iterations} "
+        f"calls x {args.rounds} rounds, interleaved; median over rounds of the p50 in ms; "
+        "ratio raw / rollup per round, then the median"
+    )
+    print(f"{'query':16s} {'raw':>10s} {'rollup':>10s} {'ratio':>8s} {'target':>8s}")
+    ok = same
+    report: dict[str, Any] = {"results_equal": same}
+    for name in ROLLUP_QUERIES:
+        raw_ms = statistics.median(results[name]["raw"])
+        rollup_ms = statistics.median(results[name]["rollup"])
+        ratio = statistics.median(ratios[name])
+        target = ROLLUP_TARGETS.get(name)
+        print(
+            f"{name:16s} {raw_ms:10.2f} {rollup_ms:10.2f} {ratio:8.1f} "
+            f"{(f'>= {target:.0f}' if target else '-'):>8s}"
+        )
+        report[name] = {"raw_ms": raw_ms, "rollup_ms": rollup_ms, "ratio": ratio}
+        if target is not None:
+            ok &= ratio >= target
+    print(f"results equal (1e-9 relative): {same}; targets {'MET' if ok else 'NOT MET'}")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=1)
+    return 0 if ok else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/bench_query")
@@ -423,7 +605,19 @@ def main() -> int:
     parser.add_argument("--reload", action="store_true")
     parser.add_argument("--only", nargs="*", help="query names to run")
     parser.add_argument("--json", help="also write the medians and ratios to this file")
+    parser.add_argument(
+        "--rollup",
+        action="store_true",
+        help="rollup mode (TimescaleDB): 1h/1d rollups vs the raw table on 60 days of signals",
+    )
+    parser.add_argument(
+        "--schema", default="bench_rollup", help="schema prefix of the rollup mode's table"
+    )
+    parser.add_argument("--series-shape", choices=sorted(ROLLUP_SHAPES), default="dense")
     args = parser.parse_args()
+    if args.rollup:
+        ensure_database(args.url)
+        return rollup_main(args)
 
     ensure_database(args.url)
     table = signals_table(MetaData(), "signals", timescale=None)

@@ -41,6 +41,7 @@ from .schema.ddl.postgresql import (
 )
 
 __all__ = [
+    "AggregateStats",
     "CompressionStats",
     "HypertableStats",
     "IndexStats",
@@ -99,6 +100,27 @@ class PolicyStats:
 
 
 @dataclass(frozen=True)
+class AggregateStats:
+    """A continuous aggregate reading the table (a signals rollup or the host's own).
+
+    ``total_bytes`` is its materialized data (``hypertable_size`` of its materialization
+    hypertable). ``watermark`` is where its materialized data ends (``None`` while nothing is
+    materialized); buckets after it are aggregated at query time when ``materialized_only``
+    is false. ``policies`` are its refresh, compression and retention jobs.
+    """
+
+    name: str
+    schema: str
+    materialized_only: bool
+    compression_enabled: bool
+    total_bytes: int | None
+    chunk_count: int
+    compressed_chunk_count: int
+    watermark: datetime | None
+    policies: tuple[PolicyStats, ...]
+
+
+@dataclass(frozen=True)
 class HypertableStats:
     """Hypertable layout and compression of a signals table on TimescaleDB."""
 
@@ -115,6 +137,7 @@ class HypertableStats:
     drop_after: timedelta | None
     compression: CompressionStats | None
     policies: tuple[PolicyStats, ...]
+    aggregates: tuple[AggregateStats, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -367,6 +390,27 @@ def _hypertable(
                 before_bytes=None if stats[2] is None else int(stats[2]),
                 after_bytes=None if stats[3] is None else int(stats[3]),
             )
+    policies = _policies(connection, schema, name)
+    return HypertableStats(
+        time_column=state.time_column,
+        chunk_time_interval=state.chunk_time_interval,
+        chunk_count=int(chunks[0]),
+        compressed_chunk_count=int(chunks[1]),
+        oldest_chunk_start=chunks[2],
+        newest_chunk_end=chunks[3],
+        compression_enabled=bool(state.compression),
+        segment_by=tuple(state.segment_by),
+        order_by=tuple(item.sql(item.column) for item in state.order_by),
+        compress_after=state.compress_after,
+        drop_after=state.drop_after,
+        compression=compression,
+        policies=policies,
+        aggregates=_aggregates(connection, schema, name),
+    )
+
+
+def _policies(connection: Connection, schema: str, name: str) -> tuple[PolicyStats, ...]:
+    """The jobs of a hypertable or continuous aggregate, with their last runs."""
     jobs = connection.execute(
         text(
             "SELECT j.job_id, j.proc_name, j.schedule_interval, j.config, j.scheduled, "
@@ -381,9 +425,9 @@ def _hypertable(
             "WHERE j.hypertable_schema = :schema AND j.hypertable_name = :name "
             "ORDER BY j.job_id"
         ),
-        params,
+        {"schema": schema, "name": name},
     ).all()
-    policies = tuple(
+    return tuple(
         PolicyStats(
             job_id=int(r[0]),
             kind=str(r[1]),
@@ -400,20 +444,47 @@ def _hypertable(
         )
         for r in jobs
     )
-    return HypertableStats(
-        time_column=state.time_column,
-        chunk_time_interval=state.chunk_time_interval,
-        chunk_count=int(chunks[0]),
-        compressed_chunk_count=int(chunks[1]),
-        oldest_chunk_start=chunks[2],
-        newest_chunk_end=chunks[3],
-        compression_enabled=bool(state.compression),
-        segment_by=tuple(state.segment_by),
-        order_by=tuple(item.sql(item.column) for item in state.order_by),
-        compress_after=state.compress_after,
-        drop_after=state.drop_after,
-        compression=compression,
-        policies=policies,
+
+
+def _aggregates(connection: Connection, schema: str, name: str) -> tuple[AggregateStats, ...]:
+    """The continuous aggregates reading the hypertable, with size, watermark and jobs."""
+    # The watermark is -infinity (as TimescaleDB's internal minimum) until the first refresh:
+    # read as NULL, i.e. None, like every infinite time here.
+    rows = connection.execute(
+        text(
+            "SELECT a.view_schema, a.view_name, a.materialized_only, a.compression_enabled, "
+            "hypertable_size(CAST(format('%I.%I', a.materialization_hypertable_schema, "
+            "a.materialization_hypertable_name) AS regclass)), "
+            "(SELECT count(*) FROM timescaledb_information.chunks c "
+            " WHERE c.hypertable_schema = a.materialization_hypertable_schema "
+            " AND c.hypertable_name = a.materialization_hypertable_name), "
+            "(SELECT count(*) FROM timescaledb_information.chunks c "
+            " WHERE c.hypertable_schema = a.materialization_hypertable_schema "
+            " AND c.hypertable_name = a.materialization_hypertable_name AND c.is_compressed), "
+            "(SELECT CASE WHEN isfinite(w) AND w > '0001-01-01 00:00:00+00' THEN w END "
+            " FROM (SELECT _timescaledb_functions.to_timestamp("
+            " _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id)) AS w) AS mark) "
+            "FROM timescaledb_information.continuous_aggregates a "
+            "JOIN _timescaledb_catalog.continuous_agg ca "
+            "ON ca.user_view_schema = a.view_schema AND ca.user_view_name = a.view_name "
+            "WHERE a.hypertable_schema = :schema AND a.hypertable_name = :name "
+            "ORDER BY a.view_schema, a.view_name"
+        ),
+        {"schema": schema, "name": name},
+    ).all()
+    return tuple(
+        AggregateStats(
+            name=str(r[1]),
+            schema=str(r[0]),
+            materialized_only=bool(r[2]),
+            compression_enabled=bool(r[3]),
+            total_bytes=None if r[4] is None else int(r[4]),
+            chunk_count=int(r[5]),
+            compressed_chunk_count=int(r[6]),
+            watermark=r[7],
+            policies=_policies(connection, str(r[0]), str(r[1])),
+        )
+        for r in rows
     )
 
 

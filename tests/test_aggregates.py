@@ -392,8 +392,9 @@ def test_rollup_options_declare_one_aggregate_per_width() -> None:
     assert daily.refresh == RefreshPolicy(timedelta(days=30), timedelta(days=1), HOUR)
     assert daily.materialized_only is True
     assert set(daily.c.keys()) == {
-        "provider", "symbol", "name", "bucket", "signal_count", "value_sum", "min_value",
-        "max_value", "mean_value", "m2_value", "last_value", "last_ts", "first_ts",
+        "provider", "symbol", "name", "bucket", "signal_count", "min_value", "max_value",
+        "mean_value", "m2_value", "large_count", "large_mean", "large_m2", "last_value",
+        "last_ts", "first_ts",
     }  # fmt: skip
 
 
@@ -459,8 +460,8 @@ def test_rollup_buckets_equal_the_raw_computation(
     with db.engine.connect() as conn:
         got = conn.execute(
             select(a.symbol, a.name, a.bucket, *(a[k] for k in (
-                "signal_count", "value_sum", "min_value", "max_value", "mean_value", "m2_value",
-                "last_value", "last_ts", "first_ts",
+                "signal_count", "large_count", "min_value", "max_value", "mean_value",
+                "m2_value", "last_value", "last_ts", "first_ts",
             ))).order_by(a.symbol, a.name, a.bucket)
         ).all()  # fmt: skip
     assert [(r[0], r[1], r[2]) for r in got] == sorted(groups)
@@ -468,11 +469,11 @@ def test_rollup_buckets_equal_the_raw_computation(
         points = sorted(groups[(row[0], row[1], row[2])])
         values = [v for _, v in points]
         mean = statistics.fmean(values)
-        count, total, low, high, avg, m2, last_value, last_ts, first_ts = row[3:]
+        count, large, low, high, avg, m2, last_value, last_ts, first_ts = row[3:]
         assert (count, low, high, last_value, last_ts, first_ts) == (
             len(values), min(values), max(values), points[-1][1], points[-1][0], points[0][0]
         )  # fmt: skip
-        assert _close(total, math.fsum(values)) and _close(avg, mean)
+        assert large == 0 and _close(avg, mean)
         assert _close(m2, math.fsum((v - mean) ** 2 for v in values), rel=1e-7)
 
 
@@ -503,6 +504,21 @@ def test_combine_moments_of_nothing_and_of_one() -> None:
     assert empty.count == 0 and empty.sample_stddev is None
     one = combine_moments([(1, 5.0, 0.0), (0, 0.0, 0.0)])
     assert (one.count, one.mean, one.sample_stddev) == (1, 5.0, None)
+
+
+def test_combine_moments_of_huge_values_does_not_overflow() -> None:
+    values = [1e300, -1e300, 3e300, 1e299]
+    parts = [(1, v, 0.0) for v in values]
+    merged = combine_moments(parts)
+    assert merged.count == 4
+    assert math.isclose(merged.mean, statistics.fmean(values), rel_tol=1e-12)
+    scaled = [v * 1e-300 for v in values]
+    assert merged.sample_stddev is not None
+    assert math.isclose(merged.sample_stddev, statistics.stdev(scaled) * 1e300, rel_tol=1e-12)
+    # Buckets whose spreads are near the float limit: M2 itself is out of range (inf), the
+    # mean is still exact.
+    wide = combine_moments([(2, 1e154, 1e308), (2, -1e154, 1e308)])
+    assert wide.mean == 0.0 and wide.m2 == math.inf
 
 
 def test_explicit_rollup_with_compression_and_retention(timescale_db: Database) -> None:

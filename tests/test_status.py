@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, insert, text
 
-from sa_signals import ConfigurationError
+from sa_signals import ConfigurationError, TimescaleOptions, signals_table
 from sa_signals.cli.output import stats_json, stats_sections
+from sa_signals.schema.aggregates import get_rollups, signals_rollup
 from sa_signals.status import StorageStats, storage_stats
 
 from .conftest import Database
 
+HOUR = timedelta(hours=1)
 SPEC_INDEXES = {"ix_signals_provider_symbol_name_ts", "ix_signals_ts", "ix_signals_name_ts"}
 
 
@@ -193,3 +198,64 @@ def test_background_compression_policy_run_shows_in_stats(native_timescale_db: D
     assert policy.total_runs is not None and policy.total_runs >= before + 1
     assert policy.last_run_started_at is not None
     assert policy.last_run_status in ("Success", "Failed")
+
+
+def test_continuous_aggregates_with_size_watermark_and_policy_runs(
+    native_timescale_db: Database, tmp_path: Path
+) -> None:
+    db = native_timescale_db
+    table = signals_table(db.metadata, schema=db.schema, timescale=TimescaleOptions())
+    signals_rollup(table, HOUR, compress_after=timedelta(days=30))
+    signals_rollup(table, timedelta(days=1))
+    with db.engine.begin() as conn:
+        db.metadata.create_all(conn)
+        # Paused before anyone can see them: the scheduler never runs them behind the test.
+        conn.execute(
+            text(
+                "SELECT alter_job(job_id, scheduled => false) "
+                "FROM timescaledb_information.jobs WHERE hypertable_schema = :s"
+            ),
+            {"s": db.schema},
+        )
+    _fill(db, table, _rows(600, days=5))
+    hourly = get_rollups(table)[0].aggregate
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        hourly.refresh_now(conn)
+        conn.execute(
+            text("SELECT compress_chunk(c) FROM show_chunks(CAST(:v AS regclass)) c"),
+            {"v": f'"{db.schema}".signals_1h'},
+        )
+    stats = _stats(db, table)
+    hyper = stats.hypertable
+    assert hyper is not None
+    by_name = {a.name: a for a in hyper.aggregates}
+    assert set(by_name) == {"signals_1h", "signals_1d"}
+    one_hour, one_day = by_name["signals_1h"], by_name["signals_1d"]
+    assert one_hour.total_bytes and one_hour.total_bytes > 0
+    assert one_hour.chunk_count >= 1 and one_hour.compressed_chunk_count >= 1
+    assert one_hour.watermark is not None
+    assert one_hour.watermark >= datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert one_day.watermark is None  # never refreshed: TimescaleDB's -infinity
+    assert one_day.chunk_count == 0
+    kinds = {p.kind: p for p in one_hour.policies}
+    assert set(kinds) == {"policy_refresh_continuous_aggregate", "policy_compression"}
+    policy = kinds["policy_refresh_continuous_aggregate"]
+    assert policy.config["start_offset"] == "30 days" and policy.scheduled is False
+    assert policy.schedule_interval == HOUR and policy.job_status == "Paused"
+    # Runs are read as for the table's own jobs (test_background_compression_policy_run_...):
+    # never run, the catalog's -infinity times are None.
+    (never,) = one_day.policies
+    assert never.last_run_started_at is None and never.last_successful_finish is None
+    printed = json.loads(stats_json(stats))["hypertable"]["aggregates"]
+    assert [a["name"] for a in printed] == ["signals_1d", "signals_1h"]
+    assert printed[0]["watermark"] is None
+
+    run = subprocess.run(
+        [sys.executable, "-m", "sa_signals", "status", "--url",
+         db.url.difference_update_query(["options"]).render_as_string(hide_password=False),
+         "--schema", str(db.schema)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "continuous aggregates" in run.stdout
+    assert "signals_1h" in run.stdout and "policy_refresh_continuous_aggregate" in run.stdout

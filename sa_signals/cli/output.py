@@ -189,18 +189,46 @@ def stats_sections(stats: StorageStats) -> list[Section]:
         policies = [
             {
                 "job": p.job_id,
+                "on": owner,
                 "kind": p.kind,
                 "every": p.schedule_interval,
-                "config": {k: v for k, v in p.config.items() if k != "hypertable_id"},
+                "config": {
+                    k: v
+                    for k, v in p.config.items()
+                    if k not in ("hypertable_id", "mat_hypertable_id")
+                },
                 "last run": p.last_run_started_at,
                 "status": p.last_run_status or p.job_status,
                 "next start": p.next_start,
                 "runs": p.total_runs,
                 "failures": p.total_failures,
             }
-            for p in hyper.policies
+            for owner, owned in (
+                (stats.table, hyper.policies),
+                *((a.name, a.policies) for a in hyper.aggregates),
+            )
+            for p in owned
         ]
-        columns = ["job", "kind", "every", "config", "last run", "status", "next start"]
+        if hyper.aggregates:
+            sections.append(
+                Table(
+                    "continuous aggregates",
+                    [
+                        {
+                            "name": a.name,
+                            "size": size(a.total_bytes),
+                            "chunks": f"{a.chunk_count} ({a.compressed_chunk_count} compressed)",
+                            "watermark": a.watermark,
+                            "real-time": not a.materialized_only,
+                            "compression": a.compression_enabled,
+                        }
+                        for a in hyper.aggregates
+                    ],
+                    ["name", "size", "chunks", "watermark", "real-time", "compression"],
+                    right=["size"],
+                )
+            )
+        columns = ["job", "on", "kind", "every", "config", "last run", "status", "next start"]
         sections.append(
             Table(
                 "policies (timescaledb_information.jobs / job_stats)",

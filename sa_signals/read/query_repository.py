@@ -13,13 +13,13 @@ itself raises :class:`~sa_signals.errors.QueryError` (the driver's error as ``__
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Connection, Engine, Table, inspect
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapper, Session
 
 from ..schema.model import resolve_table
 from .failures import driver_error, query_error
@@ -40,6 +40,13 @@ from .queries import (
     plan_metrics,
     plan_summary,
 )
+from .rollups import (
+    RollupState,
+    plan_buckets_rollup,
+    plan_metrics_rollup,
+    plan_rollup_state,
+    plan_summary_rollup,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -52,6 +59,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 # Whether each database (one Engine = one database) has TimescaleDB: asked once per engine.
 _TIMESCALE: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
@@ -61,8 +69,31 @@ def _engine_of(bind: Engine | Connection) -> Engine:
     return bind.engine if isinstance(bind, Connection) else bind
 
 
-def _sync_bind(session: Session | Connection) -> Engine | Connection:
-    return session.get_bind() if isinstance(session, Session) else session
+def mapper_of(table: Any) -> Mapper[Any] | None:
+    """The mapper of a ``table=`` argument that is a mapped class (default: ``Signal``)."""
+    if table is None:
+        from ..schema.model import Signal
+
+        table = Signal
+    found = inspect(table, raiseerr=False) if isinstance(table, type) else None
+    return found if isinstance(found, Mapper) else None
+
+
+def bind_arguments(table: Table, mapper: Mapper[Any] | None) -> dict[str, Any]:
+    """What a session needs to find the signals table's bind among several
+    (``Session(binds={Base: engine})`` or ``binds={signals_table: engine}``)."""
+    arguments: dict[str, Any] = {"clause": table}
+    if mapper is not None:
+        arguments["mapper"] = mapper
+    return arguments
+
+
+def _sync_bind(
+    session: Session | Connection, table: Table, mapper: Mapper[Any] | None
+) -> Engine | Connection:
+    if isinstance(session, Session):
+        return session.get_bind(**bind_arguments(table, mapper))
+    return session
 
 
 def _known_bucket_function(engine: Engine) -> BucketFunction | None:
@@ -103,28 +134,59 @@ class SignalQueryMethods:
 
     session: Session | Connection
     table: Table
+    #: The mapped class's mapper, for sessions with several binds (set by the constructors).
+    mapper: Mapper[Any] | None = None
 
     def _query_dialect(self) -> Dialect:
         return (
             self.session.dialect
             if isinstance(self.session, Connection)
-            else (self.session.get_bind().dialect)
+            else _sync_bind(self.session, self.table, self.mapper).dialect
         )
 
     def _query_engine(self) -> Engine:
-        return _engine_of(_sync_bind(self.session))
+        return _engine_of(_sync_bind(self.session, self.table, self.mapper))
+
+    def _execute(self, statement: Any, parameters: dict[str, Any] | None = None) -> Any:
+        if isinstance(self.session, Session):
+            return self.session.execute(
+                statement, parameters, bind_arguments=bind_arguments(self.table, self.mapper)
+            )
+        return self.session.execute(statement, parameters)
 
     def _run_plan(self, plan: QueryPlan[T]) -> T:
         if plan.statement is None:
             return plan.finish([])
         try:
-            rows = self.session.execute(plan.statement, plan.parameters).all()
+            rows = self._execute(plan.statement, plan.parameters).all()
         except Exception as exc:
             raise query_error(exc, self.table) from driver_error(exc)
         return plan.finish(rows)
 
     def _has_timescale(self) -> bool:
-        return self.session.execute(TIMESCALE_PROBE).first() is not None
+        return self._execute(TIMESCALE_PROBE).first() is not None
+
+    def _rollup_state_plan(self) -> QueryPlan[list[RollupState]] | None:
+        """The read of the table's rollup states, or ``None`` (no rollups, no TimescaleDB)."""
+        plan = plan_rollup_state(self.table)
+        if plan is None or self._bucket_function() != "time_bucket":
+            return None
+        return plan
+
+    def _run_with_rollups(
+        self, plan: QueryPlan[T], through: Callable[[list[RollupState]], QueryPlan[T] | None]
+    ) -> T:
+        """Run ``plan``, or what ``through`` makes of it with the rollups' states when the
+        table has rollups in the database."""
+        state = self._rollup_state_plan()
+        if state is None:
+            return self._run_plan(plan)
+        return self._run_two(state, lambda states: (through(states) if states else None) or plan)
+
+    def _run_two(self, first: QueryPlan[S], then: Callable[[S], QueryPlan[T]]) -> T:
+        """Two plans, the second made from the first's result (the clients run both on one
+        pooled connection)."""
+        return self._run_plan(then(self._run_plan(first)))
 
     def _known_bucket_function(self) -> BucketFunction | None:
         """The bucketing function, or ``None`` until the database has been asked."""
@@ -180,10 +242,11 @@ class SignalQueryMethods:
         self, provider: str, symbol: str, signal_name: str, hours_back: float = 24
     ) -> SignalMetrics:
         """Statistics of one series over the last ``hours_back`` hours."""
-        return self._run_plan(
-            plan_metrics(
-                self.table, self._query_dialect(), provider, symbol, signal_name, hours_back
-            )
+        plan = plan_metrics(
+            self.table, self._query_dialect(), provider, symbol, signal_name, hours_back
+        )
+        return self._run_with_rollups(
+            plan, lambda states: plan_metrics_rollup(self.table, states, plan)
         )
 
     def get_active_signals(self, provider: str, minutes_back: float = 5) -> list[ActiveSignal]:
@@ -194,7 +257,10 @@ class SignalQueryMethods:
 
     def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Totals of ``provider``'s signals over the last ``hours_back`` hours."""
-        return self._run_plan(plan_summary(self.table, self._query_dialect(), provider, hours_back))
+        plan = plan_summary(self.table, self._query_dialect(), provider, hours_back)
+        return self._run_with_rollups(
+            plan, lambda states: plan_summary_rollup(self.table, states, plan)
+        )
 
     def get_signal_buckets(
         self,
@@ -228,7 +294,12 @@ class SignalQueryMethods:
         if function is None:
             _bucket_plan(self.table, "date_bin", *arguments)  # arguments checked before any SQL
             function = self._bucket_function()
-        return self._run_plan(_bucket_plan(self.table, function, *arguments))
+        plan = _bucket_plan(self.table, function, *arguments)
+        if function != "time_bucket":
+            return self._run_plan(plan)
+        return self._run_with_rollups(
+            plan, lambda states: plan_buckets_rollup(self.table, states, plan)
+        )
 
 
 class AsyncSignalQueryMethods:
@@ -236,13 +307,24 @@ class AsyncSignalQueryMethods:
 
     session: AsyncSession | AsyncConnection
     table: Table
+    #: The mapped class's mapper, for sessions with several binds (set by the constructors).
+    mapper: Mapper[Any] | None = None
 
     def _sync_bind(self) -> Engine | Connection:
         from sqlalchemy.ext.asyncio import AsyncSession
 
         if isinstance(self.session, AsyncSession):
-            return self.session.get_bind()
+            return self.session.sync_session.get_bind(**bind_arguments(self.table, self.mapper))
         return self.session.sync_connection  # type: ignore[return-value]
+
+    async def _execute(self, statement: Any, parameters: dict[str, Any] | None = None) -> Any:
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        if isinstance(self.session, AsyncSession):
+            return await self.session.execute(
+                statement, parameters, bind_arguments=bind_arguments(self.table, self.mapper)
+            )
+        return await self.session.execute(statement, parameters)
 
     def _query_dialect(self) -> Dialect:
         return self._sync_bind().dialect
@@ -254,15 +336,37 @@ class AsyncSignalQueryMethods:
         if plan.statement is None:
             return plan.finish([])
         try:
-            result = await self.session.execute(plan.statement, plan.parameters)
+            result = await self._execute(plan.statement, plan.parameters)
             rows = result.all()
         except Exception as exc:
             raise query_error(exc, self.table) from driver_error(exc)
         return plan.finish(rows)
 
     async def _has_timescale(self) -> bool:
-        result = await self.session.execute(TIMESCALE_PROBE)
+        result = await self._execute(TIMESCALE_PROBE)
         return result.first() is not None
+
+    async def _rollup_state_plan(self) -> QueryPlan[list[RollupState]] | None:
+        """Async :meth:`SignalQueryMethods._rollup_state_plan`."""
+        plan = plan_rollup_state(self.table)
+        if plan is None or await self._bucket_function() != "time_bucket":
+            return None
+        return plan
+
+    async def _run_with_rollups(
+        self, plan: QueryPlan[T], through: Callable[[list[RollupState]], QueryPlan[T] | None]
+    ) -> T:
+        """Async :meth:`SignalQueryMethods._run_with_rollups`."""
+        state = await self._rollup_state_plan()
+        if state is None:
+            return await self._run_plan(plan)
+        return await self._run_two(
+            state, lambda states: (through(states) if states else None) or plan
+        )
+
+    async def _run_two(self, first: QueryPlan[S], then: Callable[[S], QueryPlan[T]]) -> T:
+        """Async :meth:`SignalQueryMethods._run_two`."""
+        return await self._run_plan(then(await self._run_plan(first)))
 
     def _known_bucket_function(self) -> BucketFunction | None:
         """The bucketing function, or ``None`` until the database has been asked."""
@@ -318,10 +422,11 @@ class AsyncSignalQueryMethods:
         self, provider: str, symbol: str, signal_name: str, hours_back: float = 24
     ) -> SignalMetrics:
         """Async :meth:`SignalQueryMethods.get_signal_metrics`."""
-        return await self._run_plan(
-            plan_metrics(
-                self.table, self._query_dialect(), provider, symbol, signal_name, hours_back
-            )
+        plan = plan_metrics(
+            self.table, self._query_dialect(), provider, symbol, signal_name, hours_back
+        )
+        return await self._run_with_rollups(
+            plan, lambda states: plan_metrics_rollup(self.table, states, plan)
         )
 
     async def get_active_signals(
@@ -334,8 +439,9 @@ class AsyncSignalQueryMethods:
 
     async def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Async :meth:`SignalQueryMethods.get_signal_summary`."""
-        return await self._run_plan(
-            plan_summary(self.table, self._query_dialect(), provider, hours_back)
+        plan = plan_summary(self.table, self._query_dialect(), provider, hours_back)
+        return await self._run_with_rollups(
+            plan, lambda states: plan_summary_rollup(self.table, states, plan)
         )
 
     async def get_signal_buckets(
@@ -365,7 +471,12 @@ class AsyncSignalQueryMethods:
         if function is None:
             _bucket_plan(self.table, "date_bin", *arguments)  # arguments checked before any SQL
             function = await self._bucket_function()
-        return await self._run_plan(_bucket_plan(self.table, function, *arguments))
+        plan = _bucket_plan(self.table, function, *arguments)
+        if function != "time_bucket":
+            return await self._run_plan(plan)
+        return await self._run_with_rollups(
+            plan, lambda states: plan_buckets_rollup(self.table, states, plan)
+        )
 
 
 class SignalQueryRepository(SignalQueryMethods):
@@ -377,6 +488,7 @@ class SignalQueryRepository(SignalQueryMethods):
     def __init__(self, session: Session | Connection, table: Any = None) -> None:
         self.session = session
         self.table = resolve_table(table)
+        self.mapper = mapper_of(table)
 
 
 class AsyncSignalQueryRepository(AsyncSignalQueryMethods):
@@ -385,3 +497,4 @@ class AsyncSignalQueryRepository(AsyncSignalQueryMethods):
     def __init__(self, session: AsyncSession | AsyncConnection, table: Any = None) -> None:
         self.session = session
         self.table = resolve_table(table)
+        self.mapper = mapper_of(table)

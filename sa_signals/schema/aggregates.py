@@ -22,8 +22,9 @@ hyperfunctions render their own constants.
 
 :func:`signals_rollup` builds the opt-in rollup of a signals table (also made by
 ``TimescaleOptions(rollups=(...))``): per provider, symbol, name and bucket the count, sum, min,
-max, mean and M2 (sum of squared deviations from the bucket mean), the last value and its time,
-and the first time. :func:`combine_moments` merges buckets exactly (Chan et al.'s formula).
+max, mean and M2 (sum of squared deviations from the bucket mean, in two magnitude groups), the
+last value and its time, and the first time. :func:`combine_moments` merges buckets exactly
+(Chan et al.'s formula).
 """
 
 from __future__ import annotations
@@ -32,19 +33,21 @@ import decimal
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Column,
     Connection,
+    Float,
     MetaData,
     Select,
     Table,
     bindparam,
     event,
     func,
+    literal,
     select,
     text,
 )
@@ -732,15 +735,24 @@ class Rollup:
 #: The rollup's columns besides ``provider, symbol, name, bucket``.
 ROLLUP_COLUMNS: tuple[str, ...] = (
     "signal_count",
-    "value_sum",
     "min_value",
     "max_value",
     "mean_value",
     "m2_value",
+    "large_count",
+    "large_mean",
+    "large_m2",
     "last_value",
     "last_ts",
     "first_ts",
 )
+
+#: Values of larger magnitude are rolled up apart (``large_*``), multiplied by
+#: :data:`ROLLUP_SCALE_DOWN`: PostgreSQL raises an error, rather than returning infinity, when a
+#: float sum or sum of squares overflows, which would stop the aggregate's refresh for good.
+#: (The same split as the raw-table queries, :data:`sa_signals.read.queries.LARGE_VALUE`.)
+ROLLUP_LARGE_VALUE = 2.0**460
+ROLLUP_SCALE_DOWN = 2.0**-600
 
 _UNITS = (("d", timedelta(days=1)), ("h", timedelta(hours=1)), ("m", timedelta(minutes=1)))
 
@@ -783,10 +795,13 @@ def signals_rollup(
 ) -> ContinuousAggregate:
     """The rollup of a signals table at ``width``, declared on the table's ``MetaData``.
 
-    Per provider, symbol, name and bucket: ``signal_count``, ``value_sum``, ``min_value``,
-    ``max_value``, ``mean_value``, ``m2_value`` (sum of squared deviations from the bucket's mean:
-    with the count and mean it gives an exact sample standard deviation over any set of buckets,
-    see :func:`combine_moments`), ``last_value`` and ``last_ts``, ``first_ts``.
+    Per provider, symbol, name and bucket: ``signal_count``, ``min_value``, ``max_value``,
+    ``mean_value`` and ``m2_value`` (mean and sum of squared deviations from it of the values
+    with ``|v| <= 2**460``, every value of any real series: with their count they give an exact
+    sample standard deviation over any set of buckets, see :func:`combine_moments`),
+    ``large_count``, ``large_mean`` and ``large_m2`` (the same for the larger values, multiplied
+    by ``2**-600`` so that nothing overflows), ``last_value`` and ``last_ts``, ``first_ts``.
+    The small group's count is ``signal_count - large_count``.
 
     Every level reads the signals table itself, not a finer level: merging M2 across buckets
     inside an aggregate needs the merged mean first, which a continuous aggregate cannot compute
@@ -803,19 +818,25 @@ def signals_rollup(
     if refresh is None:
         refresh = _default_refresh(width, options.drop_after if options is not None else None)
     bucket = time_bucket(width, time_column).label("bucket")
+    small = func.abs(c.value) <= literal(ROLLUP_LARGE_VALUE, Float())
+    large = func.abs(c.value) > literal(ROLLUP_LARGE_VALUE, Float())
+    scaled = c.value * literal(ROLLUP_SCALE_DOWN, Float())
     definition = select(
         c.provider,
         c.symbol,
         c.name,
         bucket,
         func.count().label("signal_count"),
-        func.sum(c.value).label("value_sum"),
         func.min(c.value).label("min_value"),
         func.max(c.value).label("max_value"),
-        func.avg(c.value).label("mean_value"),
         # PostgreSQL's var_pop is computed with the Youngs-Cramer update: stable, unlike a
-        # sum of squares.
-        (func.var_pop(c.value) * func.count()).label("m2_value"),
+        # sum of squares. Two magnitude groups, so that nothing can overflow (see
+        # ROLLUP_LARGE_VALUE); the large group is scaled down by a power of two (exact).
+        func.avg(c.value).filter(small).label("mean_value"),
+        (func.var_pop(c.value).filter(small) * func.count().filter(small)).label("m2_value"),
+        func.count().filter(large).label("large_count"),
+        func.avg(scaled).filter(large).label("large_mean"),
+        (func.var_pop(scaled).filter(large) * func.count().filter(large)).label("large_m2"),
         last(c.value, time_column).label("last_value"),
         func.max(time_column).label("last_ts"),
         func.min(time_column).label("first_ts"),
@@ -848,6 +869,8 @@ class Moments:
     count: int
     mean: float
     m2: float
+    #: The standard deviation computed in scaled units (finite even where ``m2`` is ``inf``).
+    scaled_stddev: float | None = field(default=None, repr=False, compare=False)
 
     @property
     def sample_variance(self) -> float | None:
@@ -857,6 +880,8 @@ class Moments:
     @property
     def sample_stddev(self) -> float | None:
         """The sample standard deviation; ``None`` below two values."""
+        if self.count > 1 and self.scaled_stddev is not None:
+            return self.scaled_stddev
         variance = self.sample_variance
         return None if variance is None else math.sqrt(max(variance, 0.0))
 
@@ -865,12 +890,21 @@ def combine_moments(parts: Iterable[tuple[int, float, float]]) -> Moments:
     """Merge per-bucket ``(count, mean, m2)`` triples exactly (Chan, Golub and LeVeque).
 
     Two passes: the overall mean first, then each bucket's M2 plus its count times the squared
-    distance of its mean from the overall mean. Buckets with a zero count are ignored.
+    distance of its mean from the overall mean. Buckets with a zero count are ignored. Works in
+    units scaled by a power of two (exact) chosen from the largest mean and spread, so no
+    intermediate overflows whatever the magnitude; an M2 beyond the float range is ``inf``.
     """
     rows = [(int(n), float(mean), float(m2)) for n, mean, m2 in parts if n]
     total = sum(n for n, _, _ in rows)
     if total == 0:
         return Moments(0, math.nan, 0.0)
-    mean = math.fsum(n * m for n, m, _ in rows) / total
-    m2 = math.fsum(m2 + n * (m - mean) ** 2 for n, m, m2 in rows)
-    return Moments(total, mean, m2)
+    largest = max(max(abs(m), math.sqrt(max(m2, 0.0) / n)) for n, m, m2 in rows)
+    # 2**exponent >= largest: scaled means and spreads are at most 1 (or tiny values kept).
+    exponent = math.frexp(largest)[1] if largest > 1.0 and math.isfinite(largest) else 0
+    down = math.ldexp(1.0, -exponent)
+    scaled = [(n, m * down, m2 * down * down) for n, m, m2 in rows]
+    mean = math.fsum(n * m for n, m, _ in scaled) / total
+    m2 = math.fsum(m2 + n * ((m - mean) * (m - mean)) for n, m, m2 in scaled)
+    up = math.ldexp(1.0, exponent)
+    stddev = math.sqrt(max(m2, 0.0) / (total - 1)) * up if total > 1 else None
+    return Moments(total, mean * up, m2 * up * up, stddev)

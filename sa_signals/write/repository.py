@@ -212,6 +212,7 @@ class SignalRepository(SignalQueryMethods):
         self._session = session
         self._writer = _SessionWriter(table, batch_threshold, metrics, max_tuples_decompressed)
         self.table = self._writer.table
+        self.mapper = self._writer.mapper
         self.batch_threshold = batch_threshold
         self.metrics = self._writer.metrics
 
@@ -253,6 +254,7 @@ class AsyncSignalRepository(AsyncSignalQueryMethods):
         self._session = session
         self._writer = _SessionWriter(table, batch_threshold, metrics, max_tuples_decompressed)
         self.table = self._writer.table
+        self.mapper = self._writer.mapper
         self.batch_threshold = batch_threshold
         self.metrics = self._writer.metrics
 
