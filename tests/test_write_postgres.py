@@ -398,9 +398,10 @@ def test_driver_without_copy_stages_with_unnest(postgres_db: Database) -> None:
 def test_first_write_meets_a_concurrent_insert_of_one_key_and_merges(
     postgres_db: Database, flavour: str
 ) -> None:
-    """The plain INSERT of a call whose time range was empty waits for a concurrent writer's
-    uncommitted key; when that one commits, the call rolls back to its savepoint and merges:
-    no failed call, exact counts, the later value wins."""
+    """(The append fast path off, so the call stages.) The plain INSERT of a call whose time
+    range was empty waits for a concurrent writer's uncommitted key; when that one commits,
+    the call rolls back to its savepoint and merges: no failed call, exact counts, the later
+    value wins."""
     db = postgres_db
     items = signals(300)
     outcome: dict[str, Any] = {}
@@ -408,13 +409,17 @@ def test_first_write_meets_a_concurrent_insert_of_one_key_and_merges(
     def write() -> None:
         try:
             if flavour == "sync":
-                with sync_client(db, batch_threshold=50, max_attempts=1) as client:
+                with sync_client(
+                    db, batch_threshold=50, max_attempts=1, append_fast_path=False
+                ) as client:
                     client.write_signals(items)
                     outcome["result"] = client.last_result
             else:
 
                 async def run() -> Any:
-                    async with async_client(db, batch_threshold=50, max_attempts=1) as client:
+                    async with async_client(
+                        db, batch_threshold=50, max_attempts=1, append_fast_path=False
+                    ) as client:
                         await client.write_signals(items)
                         return client.last_result
 

@@ -37,7 +37,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
-    exists,
     func,
     literal_column,
     or_,
@@ -62,7 +61,6 @@ __all__ = [
     "MergeKind",
     "copy_statement",
     "merge_statement",
-    "range_probe_statement",
     "sqlite_merge",
     "sqlite_stage",
     "stage_ddl",
@@ -254,8 +252,9 @@ def merge_statement(
     the FROM clause contains a CTE or subquery"). The ``ON CONFLICT ... WHERE`` then alone
     keeps unchanged rows unchanged; the counts are the same.
 
-    ``fresh=True``: the plain ``INSERT ... SELECT`` (no pre-filter, no ``ON CONFLICT``), for a
-    call whose time range held no row when probed (:func:`range_probe_statement`). About a
+    ``fresh=True``: the plain ``INSERT ... SELECT`` (no pre-filter, no ``ON CONFLICT``) of a
+    call whose time range ``:low`` to ``:high`` holds no row; it inserts nothing when the range
+    holds one (checked in the same statement). About a
     fifth cheaper on the server than the merge (no arbiter check, no speculative insertion).
     Run it inside a savepoint: a key a concurrent writer added meanwhile raises a unique
     violation (``23505``), and the caller rolls back to the savepoint and merges instead.
@@ -298,7 +297,15 @@ def merge_statement(
         f"target.{quote(k)} IS DISTINCT FROM excluded.{quote(k)}" for k in PAYLOAD_COLUMNS
     )
     if fresh:
-        source = f"SELECT {selected} FROM {origin} ORDER BY {src_order}"  # noqa: S608
+        # The gate is part of the statement, so its locks come with the insert's (a separate
+        # probe first would upgrade a chunk's lock later and can deadlock with a compression
+        # job): an occupied range inserts nothing and the caller merges.
+        ts = quote("ts")
+        empty = (
+            f"WHERE NOT EXISTS (SELECT FROM {target} AS held "
+            f"WHERE held.{ts} >= :low AND held.{ts} <= :high) "
+        )
+        source = f"SELECT {selected} FROM {origin} {empty}ORDER BY {src_order}"  # noqa: S608
         merged = (
             f"merged AS (INSERT INTO {target} AS target ({columns}) {source} "
             "RETURNING true AS inserted)"
@@ -314,19 +321,13 @@ def merge_statement(
         prefix = f"WITH src AS MATERIALIZED ({src}), {merged} SELECT (SELECT count(*) FROM src)"  # noqa: S608
     else:
         prefix = f"WITH {merged} SELECT CAST(NULL AS bigint)"
-    return text(f"{prefix}, count(*) FILTER (WHERE inserted), count(*) FROM merged")
-
-
-def range_probe_statement(table: Table) -> Any:
-    """Whether ``table`` holds any row with ``ts`` between ``:low`` and ``:high`` (one row).
-
-    Answered from the ``ts`` index (and chunk exclusion on a hypertable); it stops at the
-    first row found.
-    """
-    ts = table.c.ts
-    low = bindparam("low", type_=ts.type)
-    high = bindparam("high", type_=ts.type)
-    return select(exists().where(ts >= low, ts <= high))
+    statement = text(f"{prefix}, count(*) FILTER (WHERE inserted), count(*) FROM merged")
+    if fresh:
+        ts_type = table.c.ts.type
+        return statement.bindparams(
+            bindparam("low", type_=ts_type), bindparam("high", type_=ts_type)
+        )
+    return statement
 
 
 def sqlite_stage(table: Table) -> Table:

@@ -75,7 +75,6 @@ from .statements import (
     STAGE_SCHEMA,
     MergeKind,
     merge_statement,
-    range_probe_statement,
     sqlite_merge,
     sqlite_stage,
     stage_ddl,
@@ -159,11 +158,6 @@ def _merge(
     table: Table, dialect: Any, kind: MergeKind, skip_unchanged: bool, fresh: bool = False
 ) -> Any:
     return merge_statement(table, dialect, kind, skip_unchanged=skip_unchanged, fresh=fresh)
-
-
-@functools.lru_cache(maxsize=128)
-def _range_probe(table: Table) -> Any:
-    return range_probe_statement(table)
 
 
 @functools.lru_cache(maxsize=128)
@@ -540,6 +534,9 @@ class Writer:
                 and stats.low is not None
                 and kind is not MergeKind.COUNTED
                 and not citus
+                # Not on TimescaleDB: there the plain INSERT deadlocked with a compression job
+                # compressing the chunk being written (tests/test_write_timescale.py).
+                and not _has_decompression_setting(connection)
             ):
                 row = self._insert_fresh(connection, kind, stats)
             counted, inserted, changed = row or connection.execute(merge).one()
@@ -554,13 +551,11 @@ class Writer:
     ) -> tuple[Any, int, int] | None:
         """The staged rows by plain INSERT when the table held no row in the call's time
         range (see ``merge_statement(fresh=True)``); ``None``: merge instead."""
-        table = self.table
-        probe = {"low": stats.low, "high": stats.high}
-        if connection.execute(_range_probe(table), probe).scalar():
-            return None
+        fresh = _merge(self.table, connection.dialect, kind, True, True)
+        bounds = {"low": stats.low, "high": stats.high}
         savepoint = connection.begin_nested()
         try:
-            row = connection.execute(_merge(table, connection.dialect, kind, True, True)).one()
+            row = connection.execute(fresh, bounds).one()
         except DBAPIError as exc:
             error = database_error(exc)
             if error is None or error.sqlstate != _UNIQUE_VIOLATION:
@@ -568,6 +563,8 @@ class Writer:
             savepoint.rollback()  # a concurrent writer added one of the keys: merge
             return None
         savepoint.commit()
+        if not row[2]:  # the range held rows: nothing was inserted
+            return None
         return row[0], int(row[1]), int(row[2])
 
     @staticmethod
