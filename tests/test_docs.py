@@ -12,6 +12,9 @@ block runs; an info string after ``python`` (```` ```python postgres ````) does 
 - nothing: SQLite (files in the working directory);
 - ``<!-- run: postgres -->`` / ``<!-- run: timescale -->``: that tier, with the placeholder URL
   :data:`PG_PLACEHOLDER` replaced by the test database's URL (search path: the test's schema);
+- ``<!-- run: native -->``: a native TimescaleDB only (not the WebAssembly build, which has no
+  COPY FROM STDIN, serves one connection and, in aggregates.md's rollup example, crashes:
+  ``RuntimeError: unreachable`` in its WebAssembly, after which every later test is refused);
 - ``<!-- skip -->`` (or ``python fragment``): not run (e.g. it needs a cluster).
 
 Any other info string fails the test, so a block cannot be skipped by a typo. The Grafana
@@ -40,7 +43,7 @@ PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 DASHBOARD = ROOT / "docs" / "grafana" / "sa_signals_dashboard.json"
 #: The URL the docs use for PostgreSQL examples; replaced by the test database's URL.
 PG_PLACEHOLDER = "postgresql://postgres@localhost/marketdata"
-TARGETS = {"sqlite", "postgres", "timescale", "fragment"}
+TARGETS = {"sqlite", "postgres", "timescale", "native", "fragment"}
 _FENCE = re.compile(r"^```(\S*)\s*(.*)$")
 _MARKER = re.compile(r"^<!--\s*(?:skip|run:\s*(\w+))\s*-->$")
 _SQLITE_FILE = re.compile(r"sqlite(?:\+\w+)?:///([^\"'\s)?]+)")
@@ -233,6 +236,14 @@ def test_timescale_page_runs_alone_twice(
 ) -> None:
     url = timescale_db.url.render_as_string(hide_password=False)
     run_twice(runner, page, "timescale", tmp_path, url)
+
+
+@pytest.mark.parametrize("page", _pages_with("native"))
+def test_native_timescale_page_runs_alone_twice(
+    page: Path, runner: PageRunner, native_timescale_db: Database, tmp_path: Path
+) -> None:
+    url = native_timescale_db.url.render_as_string(hide_password=False)
+    run_twice(runner, page, "native", tmp_path, url)
 
 
 # -- Grafana dashboard ----------------------------------------------------------------------
