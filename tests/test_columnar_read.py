@@ -174,3 +174,18 @@ def test_a_failed_frame_query_raises_query_error(db: Database) -> None:
         with pytest.raises(QueryError) as error:
             client.get_signals_history("p", "S", START, format="arrow")
     assert error.value.__cause__ is not None
+
+
+async def test_the_async_client_reads_arrow_with_a_url_that_names_ssl(
+    postgres_db: Database,
+) -> None:
+    # The ADBC reader is handed a libpq URI: asyncpg's ``ssl=`` becomes libpq's ``sslmode=``
+    # and parameters libpq does not know are left out (it refuses them).
+    seed(postgres_db)
+    asyncpg_only = {"ssl": "disable", "prepared_statement_cache_size": "100"}
+    for query in ({"ssl": "disable"}, {"sslmode": "disable"}, asyncpg_only):
+        url = postgres_db.async_url.update_query_dict(query)
+        async with AsyncSignalsQueryClient(url, table=postgres_db.table) as client:
+            dicts = await client.get_signals_history("ibkr_primary", "SPY", START)
+            table = await client.get_signals_history("ibkr_primary", "SPY", START, format="arrow")
+        assert table.num_rows == len(dicts) > 0

@@ -152,8 +152,40 @@ def _positional(statement: Executable, parameters: dict[str, Any]) -> tuple[str,
     return compiled.string, [values[name] for name in order]
 
 
+#: Query parameters of a SQLAlchemy URL that libpq reads (ADBC passes the URI to libpq, which
+#: refuses any other); asyncpg's ``ssl`` is libpq's ``sslmode`` (same values).
+_LIBPQ_PARAMETERS = frozenset(
+    (
+        "application_name",
+        "channel_binding",
+        "client_encoding",
+        "connect_timeout",
+        "gssencmode",
+        "keepalives",
+        "keepalives_count",
+        "keepalives_idle",
+        "keepalives_interval",
+        "options",
+        "passfile",
+        "requirepeer",
+        "sslcert",
+        "sslcompression",
+        "sslcrl",
+        "sslkey",
+        "sslmode",
+        "sslpassword",
+        "sslrootcert",
+        "target_session_attrs",
+        "tcp_user_timeout",
+    )
+)
+
+
 def _libpq_uri(engine: Engine) -> str:
-    url = engine.url.set(drivername="postgresql")
+    query = {k: v for k, v in engine.url.query.items() if k in _LIBPQ_PARAMETERS}
+    if "ssl" in engine.url.query and "sslmode" not in query:
+        query["sslmode"] = engine.url.query["ssl"]
+    url = engine.url.set(drivername="postgresql", query=query)
     return url.render_as_string(hide_password=False)
 
 
