@@ -152,7 +152,10 @@ def _metric_rows(registry: Any) -> list[dict[str, object]]:
             if sample.name.endswith(("_bucket", "_created")):
                 continue
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            rows.append({"metric": sample.name, "labels": labels, "value": sample.value})
+            value = sample.value
+            # Counters are floats in prometheus_client: 10000.0 reads better as 10000.
+            shown = int(value) if float(value).is_integer() else value
+            rows.append({"metric": sample.name, "labels": labels, "value": shown})
     return rows
 
 

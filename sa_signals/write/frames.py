@@ -222,7 +222,8 @@ def _check_ts(table: Any) -> Any:
             0,
             "ts",
             f"naive timestamp column ({kind}): give it a time zone, e.g. "
-            "pyarrow.compute.assume_timezone(ts, 'UTC') or polars .dt.replace_time_zone('UTC')",
+            "pyarrow.compute.assume_timezone(ts, 'UTC'), polars .dt.replace_time_zone('UTC') "
+            "or pandas .dt.tz_localize('UTC')",
         )
     raw = column.cast(pa.int64())
     unit = kind.unit
