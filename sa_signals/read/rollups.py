@@ -13,14 +13,21 @@ read them. The answer is the raw-table computation's, not an approximation of it
 * widest level first: the window is covered by the widest rollup's trusted buckets, the gaps by
   the next level's, and what is left (the window's partial edges, the buckets written after the
   last refresh, the invalidated ones) by the signals table itself;
-* one statement reads all the parts (``UNION ALL``); Python merges them: counts and extremes
-  directly, means and standard deviations with Chan et al.'s formula over per-part
-  ``(count, mean, M2)`` in two magnitude groups, as the raw-table queries do (nothing overflows).
+* one statement does all of it. Its first CTEs read the watermarks
+  (``_timescaledb_functions.cagg_watermark``) and the pending invalidations
+  (``_timescaledb_catalog.continuous_aggs_*_invalidation_log``) and derive the ranges as
+  multiranges (:func:`cover_ctes`, the SQL form of :func:`cover`); the rest reads each range
+  (a ``LATERAL`` index scan per range, rollups and signals table ``UNION ALL``). Catalog and
+  data come from one snapshot: a write, replay or refresh committed meanwhile is seen entirely or
+  not at all. The SQL text depends only on the table and its rollups, so prepared statements
+  and PostgreSQL's cached generic plans serve repeated calls (planning the statement costs
+  more than running it);
+* Python merges the rows: counts and extremes directly, means and standard deviations with
+  Chan et al.'s formula over per-part ``(count, mean, M2)`` in two magnitude groups, as the
+  raw-table queries do (nothing overflows).
 
-The watermark and the invalidation ranges are read from TimescaleDB's catalog
-(``_timescaledb_functions.cagg_watermark``, ``_timescaledb_catalog.continuous_aggs_*``) in one
-small statement before the query. A write committed between the two statements can make that one
-call mix the states before and after it for the buckets it touched, as any two reads would.
+Which declared rollups exist is read once per engine (:func:`plan_rollup_state`, by the
+repositories): the statement can only name views that exist.
 """
 
 # The SQL below is built from identifiers quoted by the dialect (tables, columns) and
