@@ -130,7 +130,12 @@ def combine_render_item(*hooks: RenderItem) -> RenderItem:
                 return rendered
         return False
 
+    setattr(combined, RENDERS_IMPORTS, True)
     return combined
+
+
+#: Attribute set on hooks that run :func:`render_item` (the comparator does not add it again).
+RENDERS_IMPORTS = "_alembic_ext_renders_imports"
 
 
 def render_item(type_: str, object_: Any, autogen_context: Any) -> str | bool:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["COPY", "UPSERT", "WriteResult"]
+__all__ = ["APPEND", "COPY", "UPSERT", "WriteResult"]
 
 #: Method label of the executemany ``INSERT ... ON CONFLICT`` path.
 UPSERT = "UPSERT"
 #: Method label of the binary COPY -> staging table -> merge path.
 COPY = "COPY"
+#: Listed in :attr:`WriteResult.methods` (after ``"COPY"``) when the call took the append fast
+#: path: COPY straight into the table, its keys proven new by an index probe.
+APPEND = "APPEND"
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,8 @@ class WriteResult:
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
-    #: Methods used, in first-use order (``"UPSERT"``, ``"COPY"``).
+    #: Methods used, in first-use order (``"UPSERT"``, ``"COPY"``, then ``"APPEND"`` when the
+    #: rows went straight into the table).
     methods: tuple[str, ...] = ()
 
     @property

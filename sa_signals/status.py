@@ -39,6 +39,7 @@ from .schema.ddl.postgresql import (
     read_timescale_state,
     timescale_version,
 )
+from .schema.options import table_of
 
 __all__ = [
     "AggregateStats",
@@ -169,20 +170,24 @@ class StorageStats:
 
 def storage_stats(
     connection: Connection,
-    table: Table | str,
+    table: Table | str | object,
     *,
     schema: str | None = None,
     exact_count: bool = False,
 ) -> StorageStats:
-    """Read the storage statistics of ``table`` (a :class:`~sqlalchemy.Table` or a name).
+    """Read the storage statistics of ``table`` (a :class:`~sqlalchemy.Table`, a mapped class
+    or a name).
 
     ``schema`` applies when ``table`` is a name (a ``Table`` carries its own). The row count is
     the planner's estimate on PostgreSQL unless ``exact_count`` (a ``count(*)``, which reads the
     whole table); SQLite always counts. Raises :class:`~sa_signals.errors.ConfigurationError`
     when the table does not exist or the dialect is neither PostgreSQL nor SQLite.
     """
-    if isinstance(table, Table):
-        name, schema = table.name, table.schema
+    if isinstance(table, str):
+        name: object = table
+    elif isinstance(table, Table) or hasattr(table, "__table__"):
+        resolved = table_of(table)
+        name, schema = resolved.name, resolved.schema
     else:
         name = table
     if not isinstance(name, str) or not name:

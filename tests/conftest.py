@@ -232,19 +232,42 @@ class Database:
             # total_runs counts a run from its start; successes + failures count it at its end.
             return int(row[1] or 0) >= runs  # type: ignore[call-overload]
 
-        self.wait_until(finished, f"job {job_id} did not finish {runs} run(s)")
+        self.wait_until(
+            finished, f"job {job_id} did not finish {runs} run(s)", explain=self._worker_slots
+        )
         stats = self._job_stats(job_id)
         assert stats is not None
         return stats
 
     @staticmethod
-    def wait_until(condition: Callable[[], bool], what: str) -> None:
-        """Poll ``condition`` until it holds; fail after :data:`JOB_DEADLINE` seconds."""
+    def wait_until(
+        condition: Callable[[], bool], what: str, explain: Callable[[], str] | None = None
+    ) -> None:
+        """Poll ``condition`` until it holds; fail after :data:`JOB_DEADLINE` seconds, with
+        what ``explain`` says about the server then."""
         deadline = time.monotonic() + JOB_DEADLINE
         while not condition():
             if time.monotonic() > deadline:
-                pytest.fail(f"after {JOB_DEADLINE:.0f} s: {what}")
+                pytest.fail(f"after {JOB_DEADLINE:.0f} s: {what}" + (explain() if explain else ""))
             time.sleep(0.05)
+
+    def _worker_slots(self) -> str:
+        """The server's background workers in use: each database with the timescaledb
+        extension keeps a scheduler for good, and a job cannot start once they are all taken."""
+        with self.engine.connect() as conn:
+            used, limit = conn.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE backend_type LIKE 'TimescaleDB%'), "
+                    "least(current_setting('timescaledb.max_background_workers')::int, "
+                    "current_setting('max_worker_processes')::int) "
+                    "FROM pg_stat_activity"
+                )
+            ).one()
+        return (
+            f" (TimescaleDB background workers in use: {used} of {limit}; when all are taken "
+            "by the schedulers of databases with the extension, jobs cannot start: drop unused "
+            "databases)"
+        )
 
     def _job_stats(self, job_id: int) -> tuple[object, ...] | None:
         rows = self.sql(

@@ -488,6 +488,30 @@ def test_init_create_extension_without_timescaledb_fails_with_the_reason(
     assert tables == [(0,)]  # nothing half-made
 
 
+def test_create_extension_where_timescaledb_cannot_exist_fails(
+    tmp_path: Path, postgres_db: Database
+) -> None:
+    # SQLite: the flag used to be ignored (exit 0, a plain table); nothing may be created.
+    for command in ("init", "demo"):
+        run = cli(command, "--url", "sqlite:///ext.sqlite", "--create-extension", cwd=tmp_path)
+        _one_line_error(run, "--create-extension needs PostgreSQL")
+        assert not (tmp_path / "ext.sqlite").exists()
+    url, schema = url_of(postgres_db), str(postgres_db.schema)
+    run = cli(
+        "init",
+        "--url",
+        url,
+        "--schema",
+        schema,
+        "--create-extension",
+        "--no-timescale",
+        cwd=tmp_path,
+    )
+    _one_line_error(run, "contradict")
+    tables = postgres_db.sql("SELECT count(*) FROM pg_tables WHERE schemaname = :s", s=schema)
+    assert tables == [(0,)]
+
+
 def test_init_create_extension_on_timescaledb_makes_a_hypertable(timescale_db: Database) -> None:
     url, schema = url_of(timescale_db), str(timescale_db.schema)
     out = ok("init", "--url", url, "--schema", schema, "--create-extension", cwd=Path.cwd())

@@ -446,6 +446,26 @@ def test_postgres_and_timescale_write_the_same_first_revision(
     assert normalised(pg_host) == normalised(ts_host)
 
 
+def test_import_alone_writes_a_revision_that_runs(versions_host: HostProject) -> None:
+    """Point 3: ``env.py`` with only ``import alembic_ext`` and ``target_metadata``.
+
+    Alembic writes the signals table's ``ts`` as ``sa_signals.types.UTCDateTime()`` (its SQLite
+    variant) without importing the module; without ``render_item`` in ``env.py`` the revision
+    failed at upgrade with ``NameError: name 'sa_signals' is not defined``.
+    """
+    host = versions_host
+    host.configure_env(IMPORTS, ())
+    path, _ = host.revision("import only")
+    revision = path.read_text()
+    assert "sa_signals.types.UTCDateTime()" in revision
+    assert "import sa_signals.types" in revision.splitlines()
+    assert ("create_hypertable", "model_signals") in calls(revision)
+    host.run("upgrade", "head")
+    assert host.tables(host.analytics) == {"model_signals"}
+    host.run("downgrade", "base")
+    assert not host.schema_exists(host.analytics)
+
+
 # -- point 1: disable_compression with compressed chunks --------------------------------------
 
 

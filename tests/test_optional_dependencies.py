@@ -59,6 +59,18 @@ ASYNC_STORE_SQLITE = "asyncio.run(enter(sa_signals.AsyncSignalsStoreClient('sqli
 ASYNC_QUERY_SQLITE = "sa_signals.AsyncSignalsQueryClient('sqlite:///signals.db')"
 IMPORT_ALEMBIC_EXT = "import alembic_ext"
 IMPORT_GREENLET = "import greenlet"
+#: A frame asked of a query (the table need not exist: the check comes before any SQL).
+ARROW_READ = (
+    "c = sa_signals.SignalsQueryClient('sqlite:///frames.db'); c.__enter__(); "
+    "c.get_latest_signals('p', 'S', format='arrow')"
+)
+#: A frame handed to a write: a pandas-like object without pyarrow (nothing imported to tell).
+ARROW_WRITE = (
+    "import sys, types; m = types.ModuleType('pandas'); "
+    "DataFrame = type('DataFrame', (), {'__module__': 'pandas.core.frame'}); "
+    "c = sa_signals.SignalsStoreClient('sqlite:///frames.db'); c.__enter__(); "
+    "c.write_signals(DataFrame())"
+)
 CALLS = [
     IMPORT_GREENLET,
     SYNC_PG,
@@ -67,6 +79,8 @@ CALLS = [
     ASYNC_STORE_SQLITE,
     ASYNC_QUERY_SQLITE,
     IMPORT_ALEMBIC_EXT,
+    ARROW_READ,
+    ARROW_WRITE,
 ]
 
 
@@ -113,6 +127,7 @@ def no_greenlet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def test_the_bare_environment_lacks_every_optional_dependency(bare_python: Path) -> None:
     modules = ["greenlet", "asyncpg", "aiosqlite", "psycopg", "alembic", "rich", "sqlalchemy_utils"]
+    modules += ["pyarrow", "pgpq", "polars", "pandas", "adbc_driver_postgresql"]
     code = (
         "import importlib.util, sys; "
         f"print([m for m in {modules!r} if importlib.util.find_spec(m)])"
@@ -146,6 +161,21 @@ def test_async_clients_without_greenlet_name_the_extra_that_brings_it(
     assert no_greenlet[ASYNC_QUERY_PG] == message("greenlet", "asyncpg")
     assert no_greenlet[ASYNC_STORE_SQLITE] == message("greenlet", "sqlite-async")
     assert no_greenlet[ASYNC_QUERY_SQLITE] == message("greenlet", "sqlite-async")
+
+
+def test_frames_without_pyarrow_name_the_arrow_extra(bare: dict[str, str]) -> None:
+    assert bare[ARROW_READ] == message("pyarrow", "arrow")
+    assert bare[ARROW_WRITE] == message("pyarrow", "arrow")
+
+
+def test_sa_signals_imports_no_frame_library_until_one_is_used() -> None:
+    code = (
+        "import sys, sa_signals, sa_signals.write.writer, sa_signals.read.query_client; "
+        "print(sorted(m for m in ('pyarrow', 'polars', 'pandas', 'pgpq', "
+        "'adbc_driver_postgresql') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout.strip() == "[]", run.stderr
 
 
 def test_import_alembic_ext_without_alembic_names_the_alembic_extra(bare: dict[str, str]) -> None:

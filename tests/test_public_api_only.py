@@ -1,9 +1,9 @@
 """sa_signals and alembic_ext use only the public API of their dependencies.
 
-A private attribute of SQLAlchemy, Alembic, psycopg, asyncpg or prometheus_client can change
-in any release; users upgrade those on their own schedule. This test reads the source of both
-packages (``ast``, no import) and fails on any use of a private name of an object that is not
-our own.
+A private attribute of SQLAlchemy, Alembic, psycopg, asyncpg, prometheus_client, pyarrow,
+pgpq, ADBC, polars or pandas can change in any release; users upgrade those on their own
+schedule. This test reads the source of both packages (``ast``, no import) and fails on any
+use of a private name of an object that is not our own.
 
 The rule, precisely. A *private name* starts with ``_`` and is not a dunder (``__x__``). Our
 own objects are ``self``, ``cls``, ``super()`` and names bound at module level of the same

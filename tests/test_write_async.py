@@ -84,7 +84,8 @@ async def test_bad_3000th_signal_leaves_table_unchanged(db: Database) -> None:
 @pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
 @pytest.mark.parametrize(
     ("size", "methods"),
-    [(49, ("UPSERT",)), (50, ("COPY",)), (51, ("COPY",))],
+    # New keys at or above the threshold take the append fast path (COPY into the table).
+    [(49, ("UPSERT",)), (50, ("COPY", "APPEND")), (51, ("COPY", "APPEND"))],
     ids=["threshold-1", "threshold", "threshold+1"],
 )
 async def test_batch_sizes_around_the_threshold(
@@ -149,7 +150,7 @@ async def test_repository_copy_path(postgres_db: Database, driver: str) -> None:
                 session, postgres_db.table, batch_threshold=10, metrics=registry
             )
             result = await repo.upsert(signals(25), batch_size=10)
-            assert result.methods == ("COPY",)
+            assert result.methods == ("COPY", "APPEND")  # new keys: the append fast path
             assert repo.last_method == "COPY"
     finally:
         await engine.dispose()

@@ -59,7 +59,8 @@ def test_replay_updates_no_row_per_pg_stat(postgres_db: Database, threshold: int
 
 @pytest.mark.parametrize(
     ("size", "methods"),
-    [(49, ("UPSERT",)), (50, ("COPY",)), (51, ("COPY",))],
+    # New keys at or above the threshold take the append fast path (COPY into the table).
+    [(49, ("UPSERT",)), (50, ("COPY", "APPEND")), (51, ("COPY", "APPEND"))],
     ids=["threshold-1", "threshold", "threshold+1"],
 )
 def test_batch_sizes_around_the_threshold(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from psycopg.types.json import Jsonb
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.pool import NullPool
 
 from sa_signals import SignalsStoreClient, WriteResult
@@ -28,6 +28,7 @@ from .test_write_helpers import (
     BASE,
     NO_COPY,
     async_client,
+    client_kwargs,
     expected,
     signal,
     stored,
@@ -344,3 +345,62 @@ def test_concurrent_writers_with_overlapping_keys_on_both_paths(
     held = stored(db)
     assert set(held) == {("ibkr_primary", "SPY", _overlap_ts(i), "vwap_cross_up") for i in every}
     assert {value for value, _, _ in held.values()} <= {0.0, 1.0, 2.0, 3.0}
+
+
+@pytest.mark.parametrize("path", ["copy", "upsert"])
+def test_max_tuples_decompressed_caps_the_call_or_leaves_the_servers_setting(
+    native_timescale_db: Database, path: str
+) -> None:
+    """docs/performance.md: ``max_tuples_decompressed`` set to a number caps the call (it fails
+    whole, nothing kept); ``None`` leaves the server's cap; a repository puts the previous
+    value back after its call, inside the host's transaction."""
+    from sqlalchemy.orm import Session
+
+    from sa_signals import SignalRepository, WriteError
+
+    db = native_timescale_db
+    db.pause_jobs()
+    first, replay = _replay(20_000, series=4)  # replay: 200 changed, 200 new keys
+    _load(db, first)
+    db.compress_chunks()
+    assert _compressed_chunks(db) == (1, 1)
+    before = stored(db)
+    options = _client_options(path)
+
+    with sync_client(db, max_tuples_decompressed=1_000, **options) as client:
+        with pytest.raises(WriteError, match="decompression limit") as raised:
+            client.write_signals(replay)
+    assert "current limit: 1000" in str(raised.value)
+    assert stored(db) == before  # nothing of the call kept
+
+    # The server's setting, as a host configures it (here per connection): None leaves it.
+    capped = create_engine(db.url, poolclass=NullPool)
+
+    @event.listens_for(capped, "connect")
+    def _server_cap(dbapi_connection: Any, record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET timescaledb.max_tuples_decompressed_per_dml_transaction = 500")
+        dbapi_connection.commit()
+
+    try:
+        client = SignalsStoreClient(
+            capped, **client_kwargs(db, max_tuples_decompressed=None, **options)
+        )
+        with client, pytest.raises(WriteError, match="current limit: 500"):
+            client.write_signals(replay)
+    finally:
+        capped.dispose()
+    assert stored(db) == before
+
+    with Session(db.engine) as session:
+        session.execute(
+            text("SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 12345")
+        )
+        result = SignalRepository(session, db.table).upsert(replay)  # default: no cap
+        assert (result.updated, result.inserted) == (200, 200)
+        setting = session.execute(
+            text("SHOW timescaledb.max_tuples_decompressed_per_dml_transaction")
+        ).scalar()
+        assert setting == "12345"  # put back for the rest of the host's transaction
+        session.commit()
+    assert stored(db) == expected(replay)

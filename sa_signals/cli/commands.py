@@ -120,6 +120,24 @@ def define_table(args: argparse.Namespace, *, timescale: bool = True) -> Table:
     return signals_table(MetaData(), args.table, schema=args.schema, timescale=options)
 
 
+def check_create_extension(args: argparse.Namespace) -> None:
+    """``--create-extension`` where TimescaleDB cannot exist fails with the reason.
+
+    TimescaleDB is a PostgreSQL extension: on SQLite, or together with ``--no-timescale``, the
+    flag could only be ignored, and a command that ignores what it was asked exits 0 wrongly.
+    """
+    if not getattr(args, "create_extension", False):
+        return
+    if getattr(args, "no_timescale", False):
+        raise CommandError("--create-extension and --no-timescale contradict each other")
+    dialect = normalize_url(args.url).get_backend_name()
+    if dialect != "postgresql":
+        raise CommandError(
+            f"--create-extension needs PostgreSQL: timescaledb is a PostgreSQL extension and "
+            f"this database is {dialect}"
+        )
+
+
 def create_table(engine: Engine, table: Table) -> tuple[bool, bool]:
     """Create ``table`` if missing, align its Timescale setup; (created, hypertable)."""
     with engine.begin() as conn:
@@ -161,6 +179,7 @@ def _create_database(given: str) -> str:
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
     """``sa-signals init``: create the table (and its Timescale setup where available)."""
+    check_create_extension(args)  # before connecting: SQLite would create the file
     if args.create_database:
         out.line(_create_database(args.url))
     engine = connect(args.url)

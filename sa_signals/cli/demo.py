@@ -19,6 +19,7 @@ from ..result import WriteResult
 from ..status import StorageStats
 from .commands import (
     CommandError,
+    check_create_extension,
     connect,
     create_table,
     define_table,
@@ -183,6 +184,7 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     """``sa-signals demo``: write, replay and query synthetic signals end to end."""
     if args.count < 1:
         raise CommandError(f"--count must be at least 1, got {args.count}")
+    check_create_extension(args)  # before connecting: SQLite would create the file
     engine = connect(args.url)
     table = define_table(args)
     try:

@@ -15,10 +15,11 @@ the difference (:mod:`sa_signals.read.direct`). Bad arguments raise
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from sqlalchemy import Engine, Table, event
 from sqlalchemy.engine import URL, Dialect
@@ -29,6 +30,7 @@ from ..schema.model import resolve_table
 from ..status import StorageStats, storage_stats
 from .direct import DirectRunner
 from .failures import driver_error, query_error
+from .frames import Format, Shape, adbc_table, check_format, convert, require_pyarrow, uses_adbc
 from .queries import (
     TIMESCALE_PROBE,
     ActiveSignal,
@@ -42,6 +44,9 @@ from .queries import (
 from .query_repository import AsyncSignalQueryMethods, SignalQueryMethods
 
 if TYPE_CHECKING:
+    import pandas
+    import polars
+    import pyarrow
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["AsyncSignalsQueryClient", "SignalsQueryClient"]
@@ -75,6 +80,7 @@ class _ClientQueries(SignalQueryMethods):
         self.table = table
         self._direct = DirectRunner(engine)
         self._function: BucketFunction | None = None
+        self._uses_adbc: bool | None = None
 
     def _query_dialect(self) -> Dialect:
         return self.engine.dialect
@@ -94,6 +100,23 @@ class _ClientQueries(SignalQueryMethods):
         except Exception as exc:
             raise query_error(exc, self.table) from driver_error(exc)
         return plan.finish(rows)
+
+    def _run_frame(self, plan: QueryPlan[Any], shape: Shape, format: object) -> Any:
+        # PostgreSQL: through ADBC, Arrow columns straight from the server's binary rows.
+        checked = check_format(format)
+        if checked == "dicts" or not self._adbc():
+            return super()._run_frame(plan, shape, checked)
+        require_pyarrow()
+        try:
+            table = adbc_table(self.engine, plan, shape)
+        except Exception as exc:
+            raise query_error(exc, self.table) from driver_error(exc)
+        return convert(table, checked)
+
+    def _adbc(self) -> bool:
+        if self._uses_adbc is None:
+            self._uses_adbc = uses_adbc(self.engine)
+        return self._uses_adbc
 
     def _has_timescale(self) -> bool:
         with self.engine.connect() as connection:
@@ -116,6 +139,7 @@ class _AsyncClientQueries(AsyncSignalQueryMethods):
         self.table = table
         self._direct = DirectRunner(engine.sync_engine)
         self._function: BucketFunction | None = None
+        self._uses_adbc: bool | None = None
         self._spawn = greenlet_spawn
 
     def _query_dialect(self) -> Dialect:
@@ -140,6 +164,23 @@ class _AsyncClientQueries(AsyncSignalQueryMethods):
         except Exception as exc:
             raise query_error(exc, self.table) from driver_error(exc)
         return plan.finish(rows)
+
+    async def _run_frame(self, plan: QueryPlan[Any], shape: Shape, format: object) -> Any:
+        # PostgreSQL: through ADBC (blocking, so in a worker thread).
+        checked = check_format(format)
+        if checked == "dicts" or not self._adbc():
+            return await super()._run_frame(plan, shape, checked)
+        require_pyarrow()
+        try:
+            table = await asyncio.to_thread(adbc_table, self.engine.sync_engine, plan, shape)
+        except Exception as exc:
+            raise query_error(exc, self.table) from driver_error(exc)
+        return convert(table, checked)
+
+    def _adbc(self) -> bool:
+        if self._uses_adbc is None:
+            self._uses_adbc = uses_adbc(self.engine.sync_engine)
+        return self._uses_adbc
 
     async def _has_timescale(self) -> bool:
         async with self.engine.connect() as connection:
@@ -223,15 +264,114 @@ class SignalsQueryClient:
             )
         return self._queries
 
+    @overload
     def get_latest_signals(
         self,
         provider: str,
         symbol: str,
         limit: int = 100,
         signal_names: Iterable[str] | None = None,
-    ) -> list[SignalRecord]:
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalRecord]: ...
+
+    @overload
+    def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
+
+    def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """The ``limit`` newest signals of ``provider``/``symbol``, newest first then by name."""
-        return self._open().get_latest_signals(provider, symbol, limit, signal_names)
+        queries: Any = self._open()  # one call for every format
+        return queries.get_latest_signals(provider, symbol, limit, signal_names, format=format)
+
+    @overload
+    def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalRecord]: ...
+
+    @overload
+    def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
 
     def get_signals_history(
         self,
@@ -241,14 +381,17 @@ class SignalsQueryClient:
         end_ts: datetime | None = None,
         signal_names: Iterable[str] | None = None,
         limit: int = 1000,
-    ) -> list[SignalRecord]:
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """Signals with ``start_ts <= ts <= end_ts`` (``None``: now), newest first.
 
         A naive datetime is local time, so ``datetime.now() - timedelta(hours=1)`` is the
         last hour.
         """
-        return self._open().get_signals_history(
-            provider, symbol, start_ts, end_ts, signal_names, limit
+        queries: Any = self._open()  # one call for every format
+        return queries.get_signals_history(
+            provider, symbol, start_ts, end_ts, signal_names, limit, format=format
         )
 
     def get_signal_metrics(
@@ -257,13 +400,116 @@ class SignalsQueryClient:
         """Count, min, max, avg, stddev, first/last timestamp and last value of one series."""
         return self._open().get_signal_metrics(provider, symbol, signal_name, hours_back)
 
-    def get_active_signals(self, provider: str, minutes_back: float = 5) -> list[ActiveSignal]:
+    @overload
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[ActiveSignal]: ...
+
+    @overload
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
+
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """The latest signal per ``(symbol, name)`` seen in the last ``minutes_back`` minutes."""
-        return self._open().get_active_signals(provider, minutes_back)
+        queries: Any = self._open()  # one call for every format
+        return queries.get_active_signals(provider, minutes_back, format=format)
 
     def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Totals of ``provider``'s signals over the last ``hours_back`` hours."""
         return self._open().get_signal_summary(provider, hours_back)
+
+    @overload
+    def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalBucket]: ...
+
+    @overload
+    def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
 
     def get_signal_buckets(
         self,
@@ -276,14 +522,16 @@ class SignalsQueryClient:
         minutes_back: float | None = None,
         start_ts: datetime | None = None,
         end_ts: datetime | None = None,
-    ) -> list[SignalBucket]:
+        format: Format = "dicts",
+    ) -> Any:
         """Per-bucket count/min/max/avg/last of one series, oldest bucket first.
 
         The window ends at ``end_ts`` (``None``: now) and starts ``hours_back`` hours or
         ``minutes_back`` minutes before it, or at ``start_ts`` (at most one of the three; by
         default 24 hours).
         """
-        return self._open().get_signal_buckets(
+        queries: Any = self._open()  # one call for every format
+        return queries.get_signal_buckets(
             provider,
             symbol,
             signal_name,
@@ -292,6 +540,7 @@ class SignalsQueryClient:
             minutes_back=minutes_back,
             start_ts=start_ts,
             end_ts=end_ts,
+            format=format,
         )
 
     def storage_stats(self, *, exact_count: bool = False) -> StorageStats:
@@ -370,15 +619,116 @@ class AsyncSignalsQueryClient:
             )
         return self._queries
 
+    @overload
     async def get_latest_signals(
         self,
         provider: str,
         symbol: str,
         limit: int = 100,
         signal_names: Iterable[str] | None = None,
-    ) -> list[SignalRecord]:
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalRecord]: ...
+
+    @overload
+    async def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    async def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    async def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
+
+    async def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """Async :meth:`SignalsQueryClient.get_latest_signals`."""
-        return await self._open().get_latest_signals(provider, symbol, limit, signal_names)
+        queries: Any = self._open()  # one call for every format
+        return await queries.get_latest_signals(
+            provider, symbol, limit, signal_names, format=format
+        )
+
+    @overload
+    async def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalRecord]: ...
+
+    @overload
+    async def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    async def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    async def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
 
     async def get_signals_history(
         self,
@@ -388,10 +738,13 @@ class AsyncSignalsQueryClient:
         end_ts: datetime | None = None,
         signal_names: Iterable[str] | None = None,
         limit: int = 1000,
-    ) -> list[SignalRecord]:
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """Async :meth:`SignalsQueryClient.get_signals_history`."""
-        return await self._open().get_signals_history(
-            provider, symbol, start_ts, end_ts, signal_names, limit
+        queries: Any = self._open()  # one call for every format
+        return await queries.get_signals_history(
+            provider, symbol, start_ts, end_ts, signal_names, limit, format=format
         )
 
     async def get_signal_metrics(
@@ -400,15 +753,116 @@ class AsyncSignalsQueryClient:
         """Async :meth:`SignalsQueryClient.get_signal_metrics`."""
         return await self._open().get_signal_metrics(provider, symbol, signal_name, hours_back)
 
+    @overload
     async def get_active_signals(
-        self, provider: str, minutes_back: float = 5
-    ) -> list[ActiveSignal]:
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[ActiveSignal]: ...
+
+    @overload
+    async def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    async def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    async def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
+
+    async def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """Async :meth:`SignalsQueryClient.get_active_signals`."""
-        return await self._open().get_active_signals(provider, minutes_back)
+        queries: Any = self._open()  # one call for every format
+        return await queries.get_active_signals(provider, minutes_back, format=format)
 
     async def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
         """Async :meth:`SignalsQueryClient.get_signal_summary`."""
         return await self._open().get_signal_summary(provider, hours_back)
+
+    @overload
+    async def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalBucket]: ...
+
+    @overload
+    async def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    async def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    async def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
 
     async def get_signal_buckets(
         self,
@@ -421,9 +875,11 @@ class AsyncSignalsQueryClient:
         minutes_back: float | None = None,
         start_ts: datetime | None = None,
         end_ts: datetime | None = None,
-    ) -> list[SignalBucket]:
+        format: Format = "dicts",
+    ) -> Any:
         """Async :meth:`SignalsQueryClient.get_signal_buckets`."""
-        return await self._open().get_signal_buckets(
+        queries: Any = self._open()  # one call for every format
+        return await queries.get_signal_buckets(
             provider,
             symbol,
             signal_name,
@@ -432,6 +888,7 @@ class AsyncSignalsQueryClient:
             minutes_back=minutes_back,
             start_ts=start_ts,
             end_ts=end_ts,
+            format=format,
         )
 
     async def storage_stats(self, *, exact_count: bool = False) -> StorageStats:

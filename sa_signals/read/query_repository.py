@@ -15,7 +15,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from sqlalchemy import Connection, Engine, Table, inspect
 from sqlalchemy.engine import Dialect
@@ -25,6 +25,7 @@ from ..errors import QueryError
 from ..schema.aggregates import Rollup, get_rollups
 from ..schema.model import resolve_table
 from .failures import driver_error, query_error
+from .frames import Format, Shape, check_format, convert, frame_from_result, require_pyarrow
 from .queries import (
     TIMESCALE_PROBE,
     ActiveSignal,
@@ -51,6 +52,9 @@ from .rollups import (
 )
 
 if TYPE_CHECKING:
+    import pandas
+    import polars
+    import pyarrow
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 __all__ = [
@@ -188,6 +192,14 @@ class SignalQueryMethods:
             raise query_error(exc, self.table) from driver_error(exc)
         return plan.finish(rows)
 
+    def _run_frame(self, plan: QueryPlan[Any], shape: Shape, format: object) -> Any:
+        """Run ``plan``; its result in ``format`` (see :mod:`sa_signals.read.frames`)."""
+        checked = check_format(format)
+        if checked == "dicts":
+            return self._run_plan(plan)
+        require_pyarrow()  # before any SQL
+        return convert(frame_from_result(self._run_plan(plan), shape), checked)
+
     def _has_timescale(self) -> bool:
         return self._execute(TIMESCALE_PROBE).first() is not None
 
@@ -227,17 +239,117 @@ class SignalQueryMethods:
             raise query_error(exc, self.table) from driver_error(exc)
         return bucket_function_for(engine.dialect, _TIMESCALE[engine])
 
+    @overload
     def get_latest_signals(
         self,
         provider: str,
         symbol: str,
         limit: int = 100,
         signal_names: Iterable[str] | None = None,
-    ) -> list[SignalRecord]:
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalRecord]: ...
+
+    @overload
+    def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
+
+    def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """The ``limit`` newest signals of ``provider``/``symbol``, newest first then by name."""
-        return self._run_plan(
-            plan_latest(self.table, self._query_dialect(), provider, symbol, limit, signal_names)
+        return self._run_frame(
+            plan_latest(self.table, self._query_dialect(), provider, symbol, limit, signal_names),
+            "records",
+            format,
         )
+
+    @overload
+    def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalRecord]: ...
+
+    @overload
+    def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
 
     def get_signals_history(
         self,
@@ -247,9 +359,11 @@ class SignalQueryMethods:
         end_ts: datetime | None = None,
         signal_names: Iterable[str] | None = None,
         limit: int = 1000,
-    ) -> list[SignalRecord]:
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """Signals with ``start_ts <= ts <= end_ts`` (``None``: now), newest first."""
-        return self._run_plan(
+        return self._run_frame(
             plan_history(
                 self.table,
                 self._query_dialect(),
@@ -259,7 +373,9 @@ class SignalQueryMethods:
                 end_ts,
                 signal_names,
                 limit,
-            )
+            ),
+            "records",
+            format,
         )
 
     def get_signal_metrics(
@@ -273,10 +389,54 @@ class SignalQueryMethods:
             plan, lambda states: plan_metrics_rollup(self.table, states, plan)
         )
 
-    def get_active_signals(self, provider: str, minutes_back: float = 5) -> list[ActiveSignal]:
+    @overload
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[ActiveSignal]: ...
+
+    @overload
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
+
+    def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """The latest signal per ``(symbol, name)`` seen in the last ``minutes_back`` minutes."""
-        return self._run_plan(
-            plan_active(self.table, self._query_dialect(), provider, minutes_back)
+        return self._run_frame(
+            plan_active(self.table, self._query_dialect(), provider, minutes_back),
+            "active",
+            format,
         )
 
     def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
@@ -285,6 +445,66 @@ class SignalQueryMethods:
         return self._run_with_rollups(
             plan, lambda states: plan_summary_rollup(self.table, states, plan)
         )
+
+    @overload
+    def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalBucket]: ...
+
+    @overload
+    def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
 
     def get_signal_buckets(
         self,
@@ -297,13 +517,15 @@ class SignalQueryMethods:
         minutes_back: float | None = None,
         start_ts: datetime | None = None,
         end_ts: datetime | None = None,
-    ) -> list[SignalBucket]:
+        format: Format = "dicts",
+    ) -> Any:
         """Per-bucket count/min/max/avg/last of one series, oldest bucket first.
 
         The window ends at ``end_ts`` (``None``: now) and starts ``hours_back`` hours or
         ``minutes_back`` minutes before it, or at ``start_ts`` (at most one of the three; by
         default 24 hours).
         """
+        check_format(format)
         arguments = (
             provider,
             symbol,
@@ -320,9 +542,14 @@ class SignalQueryMethods:
             function = self._bucket_function()
         plan = _bucket_plan(self.table, function, *arguments)
         if function != "time_bucket":
-            return self._run_plan(plan)
-        return self._run_with_rollups(
+            return self._run_frame(plan, "buckets", format)
+        if format != "dicts":
+            require_pyarrow()  # before any SQL
+        buckets = self._run_with_rollups(
             plan, lambda states: plan_buckets_rollup(self.table, states, plan)
+        )
+        return (
+            buckets if format == "dicts" else convert(frame_from_result(buckets, "buckets"), format)
         )
 
 
@@ -366,6 +593,14 @@ class AsyncSignalQueryMethods:
             raise query_error(exc, self.table) from driver_error(exc)
         return plan.finish(rows)
 
+    async def _run_frame(self, plan: QueryPlan[Any], shape: Shape, format: object) -> Any:
+        """Run ``plan``; its result in ``format`` (see :mod:`sa_signals.read.frames`)."""
+        checked = check_format(format)
+        if checked == "dicts":
+            return await self._run_plan(plan)
+        require_pyarrow()  # before any SQL
+        return convert(frame_from_result(await self._run_plan(plan), shape), checked)
+
     async def _has_timescale(self) -> bool:
         result = await self._execute(TIMESCALE_PROBE)
         return result.first() is not None
@@ -405,17 +640,117 @@ class AsyncSignalQueryMethods:
             raise query_error(exc, self.table) from driver_error(exc)
         return bucket_function_for(engine.dialect, _TIMESCALE[engine])
 
+    @overload
     async def get_latest_signals(
         self,
         provider: str,
         symbol: str,
         limit: int = 100,
         signal_names: Iterable[str] | None = None,
-    ) -> list[SignalRecord]:
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalRecord]: ...
+
+    @overload
+    async def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    async def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    async def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
+
+    async def get_latest_signals(
+        self,
+        provider: str,
+        symbol: str,
+        limit: int = 100,
+        signal_names: Iterable[str] | None = None,
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """Async :meth:`SignalQueryMethods.get_latest_signals`."""
-        return await self._run_plan(
-            plan_latest(self.table, self._query_dialect(), provider, symbol, limit, signal_names)
+        return await self._run_frame(
+            plan_latest(self.table, self._query_dialect(), provider, symbol, limit, signal_names),
+            "records",
+            format,
         )
+
+    @overload
+    async def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalRecord]: ...
+
+    @overload
+    async def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    async def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    async def get_signals_history(
+        self,
+        provider: str,
+        symbol: str,
+        start_ts: datetime,
+        end_ts: datetime | None = None,
+        signal_names: Iterable[str] | None = None,
+        limit: int = 1000,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
 
     async def get_signals_history(
         self,
@@ -425,9 +760,11 @@ class AsyncSignalQueryMethods:
         end_ts: datetime | None = None,
         signal_names: Iterable[str] | None = None,
         limit: int = 1000,
-    ) -> list[SignalRecord]:
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """Async :meth:`SignalQueryMethods.get_signals_history`."""
-        return await self._run_plan(
+        return await self._run_frame(
             plan_history(
                 self.table,
                 self._query_dialect(),
@@ -437,7 +774,9 @@ class AsyncSignalQueryMethods:
                 end_ts,
                 signal_names,
                 limit,
-            )
+            ),
+            "records",
+            format,
         )
 
     async def get_signal_metrics(
@@ -451,12 +790,54 @@ class AsyncSignalQueryMethods:
             plan, lambda states: plan_metrics_rollup(self.table, states, plan)
         )
 
+    @overload
     async def get_active_signals(
-        self, provider: str, minutes_back: float = 5
-    ) -> list[ActiveSignal]:
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[ActiveSignal]: ...
+
+    @overload
+    async def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    async def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    async def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
+
+    async def get_active_signals(
+        self,
+        provider: str,
+        minutes_back: float = 5,
+        *,
+        format: Format = "dicts",
+    ) -> Any:
         """Async :meth:`SignalQueryMethods.get_active_signals`."""
-        return await self._run_plan(
-            plan_active(self.table, self._query_dialect(), provider, minutes_back)
+        return await self._run_frame(
+            plan_active(self.table, self._query_dialect(), provider, minutes_back),
+            "active",
+            format,
         )
 
     async def get_signal_summary(self, provider: str, hours_back: float = 24) -> SignalSummary:
@@ -465,6 +846,66 @@ class AsyncSignalQueryMethods:
         return await self._run_with_rollups(
             plan, lambda states: plan_summary_rollup(self.table, states, plan)
         )
+
+    @overload
+    async def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["dicts"] = "dicts",
+    ) -> list[SignalBucket]: ...
+
+    @overload
+    async def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["arrow"],
+    ) -> pyarrow.Table: ...
+
+    @overload
+    async def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["polars"],
+    ) -> polars.DataFrame: ...
+
+    @overload
+    async def get_signal_buckets(
+        self,
+        provider: str,
+        symbol: str,
+        signal_name: str,
+        bucket: timedelta = timedelta(minutes=1),
+        *,
+        hours_back: float | None = None,
+        minutes_back: float | None = None,
+        start_ts: datetime | None = None,
+        end_ts: datetime | None = None,
+        format: Literal["pandas"],
+    ) -> pandas.DataFrame: ...
 
     async def get_signal_buckets(
         self,
@@ -477,8 +918,10 @@ class AsyncSignalQueryMethods:
         minutes_back: float | None = None,
         start_ts: datetime | None = None,
         end_ts: datetime | None = None,
-    ) -> list[SignalBucket]:
+        format: Format = "dicts",
+    ) -> Any:
         """Async :meth:`SignalQueryMethods.get_signal_buckets`."""
+        check_format(format)
         arguments = (
             provider,
             symbol,
@@ -495,9 +938,14 @@ class AsyncSignalQueryMethods:
             function = await self._bucket_function()
         plan = _bucket_plan(self.table, function, *arguments)
         if function != "time_bucket":
-            return await self._run_plan(plan)
-        return await self._run_with_rollups(
+            return await self._run_frame(plan, "buckets", format)
+        if format != "dicts":
+            require_pyarrow()  # before any SQL
+        buckets = await self._run_with_rollups(
             plan, lambda states: plan_buckets_rollup(self.table, states, plan)
+        )
+        return (
+            buckets if format == "dicts" else convert(frame_from_result(buckets, "buckets"), format)
         )
 
 

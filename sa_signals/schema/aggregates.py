@@ -63,7 +63,7 @@ from sqlalchemy.sql.selectable import Alias, FromClause, Join, TableClause
 from ..errors import ConfigurationError
 from .ddl import postgresql as ddl
 from .functions import TIMESCALE_COMPILE_OPTION, last, time_bucket
-from .options import get_timescale_options
+from .options import get_timescale_options, table_of
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
@@ -784,7 +784,7 @@ def _default_refresh(width: timedelta, drop_after: timedelta | None) -> RefreshP
 
 
 def signals_rollup(
-    table: Table,
+    table: Table | object,
     width: timedelta,
     *,
     name: str | None = None,
@@ -812,6 +812,7 @@ def signals_rollup(
     _interval("width", width, optional=False)
     if width % timedelta(seconds=1):
         raise ConfigurationError(f"rollup width must be whole seconds, got {width!r}")
+    table = table_of(table)
     options = get_timescale_options(table)
     c = table.c
     time_column = c[options.time_column if options is not None else "ts"]
@@ -856,9 +857,9 @@ def signals_rollup(
     return aggregate
 
 
-def get_rollups(table: Table) -> tuple[Rollup, ...]:
-    """The rollups declared for ``table``, narrowest first."""
-    rollups: tuple[Rollup, ...] = table.info.get(ROLLUPS_INFO_KEY, ())
+def get_rollups(table: Table | object) -> tuple[Rollup, ...]:
+    """The rollups declared for ``table`` (a ``Table`` or a mapped class), narrowest first."""
+    rollups: tuple[Rollup, ...] = table_of(table).info.get(ROLLUPS_INFO_KEY, ())
     return rollups
 
 

@@ -30,6 +30,7 @@ from .options import (
     TIMESCALE_INFO_KEY,
     DistributionOptions,
     TimescaleOptions,
+    table_of,
 )
 
 __all__ = [
@@ -280,12 +281,4 @@ def resolve_table(table: Any = None) -> Table:
     Accepts a ``Table``, a mapped class or anything else with a ``__table__`` that is a
     ``Table`` (``ModelSignal``), or ``None`` for the default model's table.
     """
-    if table is None:
-        table = Signal
-    if not isinstance(table, Table):
-        table = getattr(table, "__table__", table)
-    if not isinstance(table, Table):
-        raise ConfigurationError(
-            f"table must be a sqlalchemy Table or a mapped class with __table__, got {table!r}"
-        )
-    return table
+    return table_of(Signal if table is None else table)

@@ -147,9 +147,25 @@ class TimescaleOptions:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-def get_timescale_options(table: Table) -> TimescaleOptions | None:
-    """The :class:`TimescaleOptions` stored on ``table``, or ``None`` for a plain table."""
-    value = table.info.get(TIMESCALE_INFO_KEY)
+def table_of(table: object) -> Table:
+    """The Core ``Table`` of ``table``: a ``Table``, a mapped class or anything with a
+    ``__table__`` that is a ``Table``; :class:`~sa_signals.errors.ConfigurationError` otherwise.
+    """
+    from sqlalchemy import Table
+
+    if not isinstance(table, Table):
+        table = getattr(table, "__table__", table)
+    if not isinstance(table, Table):
+        raise ConfigurationError(
+            f"table must be a sqlalchemy Table or a mapped class with __table__, got {table!r}"
+        )
+    return table
+
+
+def get_timescale_options(table: Table | object) -> TimescaleOptions | None:
+    """The :class:`TimescaleOptions` stored on ``table`` (a ``Table`` or a mapped class), or
+    ``None`` for a plain table."""
+    value = table_of(table).info.get(TIMESCALE_INFO_KEY)
     return value if isinstance(value, TimescaleOptions) else None
 
 
@@ -225,7 +241,8 @@ class DistributionOptions:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-def get_distribution_options(table: Table) -> DistributionOptions | None:
-    """The :class:`DistributionOptions` stored on ``table``, or ``None`` when not distributed."""
-    value = table.info.get(DISTRIBUTION_INFO_KEY)
+def get_distribution_options(table: Table | object) -> DistributionOptions | None:
+    """The :class:`DistributionOptions` stored on ``table`` (a ``Table`` or a mapped class), or
+    ``None`` when not distributed."""
+    value = table_of(table).info.get(DISTRIBUTION_INFO_KEY)
     return value if isinstance(value, DistributionOptions) else None

@@ -115,10 +115,11 @@ class _SessionWriter:
         batch_threshold: int,
         metrics: WriteMetrics | CollectorRegistry | None,
         max_tuples_decompressed: int | None,
+        append_fast_path: bool = True,
     ) -> None:
         self.table: Table = resolve_table(table)
         self.mapper = _mapper_of(table)
-        self.writer = Writer(self.table, batch_threshold, max_tuples_decompressed)
+        self.writer = Writer(self.table, batch_threshold, max_tuples_decompressed, append_fast_path)
         self.metrics = _resolve_metrics(metrics)
         #: Method of the last call attempted.
         self.method = "UPSERT"
@@ -194,6 +195,9 @@ class SignalRepository(SignalQueryMethods):
     ``CollectorRegistry``) records each call once the session's transaction commits or rolls
     back. ``max_tuples_decompressed``: TimescaleDB's cap on tuples decompressed by the call's
     statements, set for them and restored after (default 0: no cap; ``None``: leave it).
+    ``append_fast_path``: calls whose keys an index probe proves new are COPYed straight into
+    the table (:mod:`sa_signals.write.append`; ``False``: always merge). ``upsert`` also
+    takes a DataFrame (pyarrow, polars, pandas; :mod:`sa_signals.write.frames`).
     The repository joins the session's transaction and never commits it; a failed ``upsert``
     leaves that transaction as it was before the call.
     """
@@ -206,11 +210,14 @@ class SignalRepository(SignalQueryMethods):
         batch_threshold: int = 1000,
         metrics: WriteMetrics | CollectorRegistry | None = None,
         max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
+        append_fast_path: bool = True,
     ) -> None:
         self.session = session
         # The query mixin types ``session`` loosely (it also reads through a Connection).
         self._session = session
-        self._writer = _SessionWriter(table, batch_threshold, metrics, max_tuples_decompressed)
+        self._writer = _SessionWriter(
+            table, batch_threshold, metrics, max_tuples_decompressed, append_fast_path
+        )
         self.table = self._writer.table
         self.mapper = self._writer.mapper
         self.batch_threshold = batch_threshold
@@ -248,11 +255,14 @@ class AsyncSignalRepository(AsyncSignalQueryMethods):
         batch_threshold: int = 1000,
         metrics: WriteMetrics | CollectorRegistry | None = None,
         max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
+        append_fast_path: bool = True,
     ) -> None:
         self.session = session
         # The query mixin types ``session`` loosely (it also reads through a Connection).
         self._session = session
-        self._writer = _SessionWriter(table, batch_threshold, metrics, max_tuples_decompressed)
+        self._writer = _SessionWriter(
+            table, batch_threshold, metrics, max_tuples_decompressed, append_fast_path
+        )
         self.table = self._writer.table
         self.mapper = self._writer.mapper
         self.batch_threshold = batch_threshold

@@ -40,6 +40,7 @@ from ..errors import ClientStateError, ConfigurationError, WriteError
 from ..metrics import write_metrics
 from ..result import WriteResult
 from ..schema.model import resolve_table
+from .frames import is_frame
 from .writer import (
     DEFAULT_MAX_TUPLES_DECOMPRESSED,
     Progress,
@@ -108,11 +109,14 @@ class _ClientBase:
         registry: CollectorRegistry | None,
         max_attempts: int,
         max_tuples_decompressed: int | None,
+        append_fast_path: bool = True,
     ) -> None:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be a positive int, got {max_attempts!r}")
         self.table = resolve_table(table)
-        self._writer = Writer(self.table, batch_threshold, max_tuples_decompressed)
+        self._writer = Writer(
+            self.table, batch_threshold, max_tuples_decompressed, append_fast_path
+        )
         self.batch_threshold = batch_threshold
         self.max_attempts = max_attempts
         self.max_tuples_decompressed = max_tuples_decompressed
@@ -132,8 +136,10 @@ class _ClientBase:
             )
 
     def _attempts(self, signals: Iterable[Any]) -> int:
-        # Only inputs that can be iterated again are retried.
-        return self.max_attempts if isinstance(signals, Collection) else 1
+        # Only inputs that can be read again are retried (DataFrames can).
+        if isinstance(signals, Collection) or is_frame(signals):
+            return self.max_attempts
+        return 1
 
     def _run(
         self, connection: Connection, signals: Iterable[Any], size: int, progress: Progress
@@ -173,7 +179,13 @@ class SignalsStoreClient(_ClientBase):
     library's ``signals``). ``registry``: prometheus registry for the metrics (default: the
     global one). ``max_attempts``: see the module docstring. ``max_tuples_decompressed``:
     TimescaleDB's cap on tuples decompressed by one call (default 0: no cap; ``None``: the
-    server's setting). Extra keyword arguments go to ``create_engine``.
+    server's setting). ``append_fast_path``: calls whose keys an index probe proves new are
+    COPYed straight into the table (:mod:`sa_signals.write.append`; ``False``: always merge).
+    Extra keyword arguments go to ``create_engine``.
+
+    ``signals`` may be objects, mappings or model instances, or a DataFrame: a
+    ``pyarrow.Table`` / ``RecordBatch``, a polars or a pandas DataFrame
+    (:mod:`sa_signals.write.frames`, the ``arrow`` extra).
     """
 
     def __init__(
@@ -185,9 +197,17 @@ class SignalsStoreClient(_ClientBase):
         registry: CollectorRegistry | None = None,
         max_attempts: int = 3,
         max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
+        append_fast_path: bool = True,
         **engine_kwargs: Any,
     ) -> None:
-        super().__init__(batch_threshold, table, registry, max_attempts, max_tuples_decompressed)
+        super().__init__(
+            batch_threshold,
+            table,
+            registry,
+            max_attempts,
+            max_tuples_decompressed,
+            append_fast_path,
+        )
         self._uri = uri
         self._engine_kwargs = engine_kwargs
         self._engine: Engine | None = None
@@ -292,9 +312,17 @@ class AsyncSignalsStoreClient(_ClientBase):
         registry: CollectorRegistry | None = None,
         max_attempts: int = 3,
         max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
+        append_fast_path: bool = True,
         **engine_kwargs: Any,
     ) -> None:
-        super().__init__(batch_threshold, table, registry, max_attempts, max_tuples_decompressed)
+        super().__init__(
+            batch_threshold,
+            table,
+            registry,
+            max_attempts,
+            max_tuples_decompressed,
+            append_fast_path,
+        )
         self._uri = uri
         self._engine_kwargs = engine_kwargs
         self._engine: AsyncEngine | None = None

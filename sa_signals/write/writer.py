@@ -13,6 +13,16 @@ and writes each key once (the last occurrence wins), whatever its size and ``bat
   work overlap and client memory stays bounded by ``batch_size``. The merge skips the sort or
   the deduplication when the per-row loop saw that the data does not need it (``RowStats``).
 
+The append fast path (:mod:`sa_signals.write.append`): a call whose keys are unique and which
+an index probe proves new (no stored row of its series within its time range) is COPYed
+straight into the table, in write order, inside a savepoint: a list held in one batch (sorted
+in Python when it is not in order), a list of several batches whose keys arrive in write order
+(the probe sees the first batch), or a DataFrame (sorted by Arrow). A unique violation, a
+deadlock or a key out of order rolls the savepoint back and the call merges as above (a list
+is read again); generators of several batches always merge. DataFrames
+(:mod:`sa_signals.write.frames`) are validated by columns and COPYed as pgpq-encoded binary
+data; on SQLite, without COPY and below ``batch_threshold`` their rows take the paths above.
+
 Failures: an :class:`~sa_signals.errors.InvalidSignalError` or an exception of the caller's
 iterable propagates unchanged; every database, driver or pool failure becomes a
 :class:`~sa_signals.errors.WriteError` with the original as ``__cause__``. The caller owns the
@@ -32,7 +42,7 @@ staged rows and routes each to its shard.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from itertools import chain, islice
 from operator import itemgetter
@@ -44,11 +54,21 @@ from sqlalchemy.schema import CreateTable, DropTable
 from sqlalchemy.sql.dml import Insert
 
 from ..errors import ConfigurationError, WriteError
-from ..result import COPY, UPSERT, WriteResult
+from ..result import APPEND, COPY, UPSERT, WriteResult
 from ..schema.model import KEY_COLUMNS
+from .append import (
+    TABLE_COLUMNS,
+    copy_bytes,
+    copy_rows_into_table,
+    probe_statement,
+    series_ranges,
+)
 from .copy import copy_rows, driver_error, supports_copy
+from .frames import is_frame
 from .statements import (
     STAGE_COLUMNS,
+    STAGE_NAME,
+    STAGE_SCHEMA,
     MergeKind,
     merge_statement,
     sqlite_merge,
@@ -173,7 +193,8 @@ class Writer:
     """The write logic for one target table; stateless, so it can be shared across threads.
 
     ``max_tuples_decompressed``: see the module docstring (``None`` leaves the server's
-    setting alone).
+    setting alone). ``append_fast_path``: let calls whose keys an index probe proves new
+    COPY straight into the table (:mod:`sa_signals.write.append`); ``False``: always merge.
     """
 
     def __init__(
@@ -181,7 +202,10 @@ class Writer:
         table: Table,
         batch_threshold: int,
         max_tuples_decompressed: int | None = DEFAULT_MAX_TUPLES_DECOMPRESSED,
+        append_fast_path: bool = True,
     ) -> None:
+        if not isinstance(append_fast_path, bool):
+            raise ConfigurationError(f"append_fast_path must be a bool, got {append_fast_path!r}")
         if (
             isinstance(batch_threshold, bool)
             or not isinstance(batch_threshold, int)
@@ -200,6 +224,7 @@ class Writer:
         self.table = table
         self.batch_threshold = batch_threshold
         self.max_tuples_decompressed = max_tuples_decompressed
+        self.append_fast_path = append_fast_path
 
     @staticmethod
     def batch_size_for(signals: Iterable[Any], batch_size: int | None) -> int:
@@ -227,6 +252,23 @@ class Writer:
         ``own_transaction``: the transaction holds this call only (a client's), so the staging
         table and the decompression setting need no cleaning up for later statements.
         """
+        if is_frame(signals):
+            return self._write_frame(connection, signals, batch_size, own_transaction, progress)
+        if (
+            self.append_fast_path
+            and isinstance(signals, Sequence)
+            and batch_size < len(signals)
+            and len(signals) >= self.batch_threshold
+            and supports_copy(connection)
+            and self._may_append(connection)
+        ):
+            # Several batches of a sequence (which can be read again): the append fast path
+            # probes with the first batch and falls back to the merge below.
+            appended = self._append_sequence(
+                connection, signals, batch_size, own_transaction, progress
+            )
+            if appended is not None:
+                return appended
         stats = RowStats(batch_size)
         rows = validate_signals(signals, stats=stats)
         try:
@@ -234,15 +276,156 @@ class Writer:
         except BaseException as exc:
             if exc is stats.error:  # the caller's iterable, or InvalidSignalError
                 raise
-            error = database_error(exc)
-            if error is None and supports_copy(connection):
-                error = driver_error(connection, exc)
-            if error is None:
+            error = _failure(connection, exc)
+            if error is exc:
                 raise
             raise error from exc
         finally:
             rows.close()
             progress.received = stats.count
+
+    def _write_frame(
+        self,
+        connection: Connection,
+        frame: Any,
+        batch_size: int,
+        own: bool,
+        progress: Progress,
+    ) -> WriteResult:
+        """A DataFrame: validated by columns, then COPY-encoded by pgpq (see ``frames``)."""
+        from .frames import encode_copy, frame_rows
+
+        rows = frame_rows(frame)  # InvalidSignalError before any SQL
+        progress.received = count = rows.count
+        if not count:
+            return WriteResult()
+        try:
+            if (
+                connection.dialect.name != "postgresql"
+                or not supports_copy(connection)
+                or count < self.batch_threshold
+            ):
+                # The ordinary path, from rows already validated.
+                stats = RowStats(batch_size)
+                stats.count, stats.duplicates = count, count - rows.distinct
+                return self._write(connection, rows.rows(), stats, batch_size, own, progress)
+            progress.method = COPY
+            chunk = max(batch_size, 1)
+            if rows.distinct == count and self._may_append(connection):
+                table = self.table
+                ordered = rows.sorted()
+                appended = self._append(
+                    connection,
+                    rows.probe,
+                    own,
+                    lambda: copy_bytes(
+                        connection,
+                        table.schema,
+                        table.name,
+                        TABLE_COLUMNS,
+                        encode_copy(ordered, TABLE_COLUMNS, jsonb=True, chunk=chunk),
+                    ),
+                    lambda: count,
+                )
+                if appended is not None:
+                    return appended
+            dialect = connection.dialect
+            connection.execute(stage_ddl(dialect))
+            copy_bytes(
+                connection,
+                STAGE_SCHEMA,
+                STAGE_NAME,
+                STAGE_COLUMNS,
+                encode_copy(rows.table, STAGE_COLUMNS, jsonb=False, chunk=chunk),
+            )
+            if rows.distinct == count:
+                return self._merge_stage(connection, count, MergeKind.SORTED, count, own)
+            return self._merge_stage(connection, count, MergeKind.DEDUPLICATED, rows.distinct, own)
+        except BaseException as exc:
+            error = _failure(connection, exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _append_sequence(
+        self,
+        connection: Connection,
+        signals: Sequence[Any],
+        batch_size: int,
+        own: bool,
+        progress: Progress,
+    ) -> WriteResult | None:
+        """The append fast path for a sequence of several batches; ``None``: merge instead.
+
+        The probe covers the first batch's series and time ranges; the rest streams into the
+        same COPY (validated on the way, memory bounded by ``batch_size``) as long as the keys
+        arrive in write order. A key out of order, or one that exists after all (a later
+        batch overlapping stored rows, a concurrent writer), abandons the COPY: the caller
+        merges, reading the sequence again.
+        """
+        stats = RowStats(batch_size)
+        rows = validate_signals(signals, stats=stats)
+        table = self.table
+        try:
+            first = list(islice(rows, batch_size))
+            progress.method = COPY
+            ordered = _in_write_order_only(chain(first, rows))
+            return self._append(
+                connection,
+                lambda: series_ranges(first),
+                own,
+                lambda: copy_rows_into_table(connection, table, ordered),
+                lambda: stats.count,
+                stats,
+            )
+        except BaseException as exc:
+            if exc is stats.error:  # the caller's iterable, or InvalidSignalError
+                raise
+            error = _failure(connection, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            rows.close()
+            progress.received = stats.count
+
+    def _may_append(self, connection: Connection) -> bool:
+        # Not through a Citus coordinator: the probe is a correlated subquery, which Citus
+        # cannot plan on a distributed table; the merge is the tested path there.
+        return self.append_fast_path and not _has_citus(connection)
+
+    def _append(
+        self,
+        connection: Connection,
+        probe: Callable[[], dict[str, list[Any]]],
+        own: bool,
+        copy: Callable[[], None],
+        count: Callable[[], int],
+        stats: RowStats | None = None,
+    ) -> WriteResult | None:
+        """The append fast path (see :mod:`.append`); ``None``: merge instead.
+
+        The probe runs inside the savepoint, so rolling back to it also releases the locks the
+        probe took (no lock upgrade from the probe's to the merge's). Rows reach the COPY in
+        write order, so two writers of the same new keys lock them in the same order: the
+        second waits, meets a unique violation and merges, never a deadlock between them.
+        """
+        table = self.table
+        with self._decompression(connection, own):
+            savepoint = connection.begin_nested()
+            try:
+                if connection.execute(probe_statement(table, connection.dialect), probe()).scalar():
+                    savepoint.rollback()
+                    return None
+                copy()
+            except BaseException as exc:
+                if (stats is not None and exc is stats.error) or not _abandons_append(exc):
+                    raise  # the caller rolls back (a lost connection must not be used here)
+                savepoint.rollback()
+                return None
+            savepoint.commit()
+        received = count()
+        return WriteResult(received, received, 0, 0, (COPY, APPEND))
 
     def _write(
         self,
@@ -271,6 +454,25 @@ class Writer:
         if following is None and (len(first) < self.batch_threshold or not copy_ok):
             with self._decompression(connection, own):
                 return self._pg_upsert(connection, first, stats)
+        if (
+            following is None
+            and (stats.ordered or stats.duplicates == 0)
+            and self._may_append(connection)
+        ):
+            # All of the call is here, keys unique: the append fast path may apply, in write
+            # order (see _append).
+            progress.method = COPY
+            table = self.table
+            rows_in_order = first if stats.ordered else sorted(first, key=_write_key)
+            appended = self._append(
+                connection,
+                lambda: series_ranges(first),
+                own,
+                lambda: copy_rows_into_table(connection, table, rows_in_order),
+                lambda: len(first),
+            )
+            if appended is not None:
+                return appended
 
         connection.execute(stage_ddl(dialect))
         batch, staged = first, 0
@@ -287,12 +489,30 @@ class Writer:
             staged += len(batch)
             batch = list(islice(rest, batch_size))
         received = stats.count
+        return self._merge_stage_stats(connection, received, stats, own, progress.method)
+
+    def _merge_stage_stats(
+        self, connection: Connection, received: int, stats: RowStats, own: bool, method: str
+    ) -> WriteResult:
         if stats.ordered or stats.duplicates == 0:
             kind, distinct = MergeKind.SORTED, received
         elif stats.duplicates is not None:
             kind, distinct = MergeKind.DEDUPLICATED, received - stats.duplicates
         else:
             kind, distinct = MergeKind.COUNTED, -1
+        return self._merge_stage(connection, received, kind, distinct, own, method)
+
+    def _merge_stage(
+        self,
+        connection: Connection,
+        received: int,
+        kind: MergeKind,
+        distinct: int,
+        own: bool,
+        method: str = COPY,
+    ) -> WriteResult:
+        """Merge the staging table into the table, then empty it unless the call owns it."""
+        dialect = connection.dialect
         merge = _merge(self.table, dialect, kind, not _has_citus(connection))
         with self._decompression(connection, own):
             counted, inserted, changed = connection.execute(merge).one()
@@ -300,7 +520,7 @@ class Writer:
             connection.execute(truncate_stage(dialect))
         if kind is MergeKind.COUNTED:
             distinct = int(counted)
-        return self._result(received, distinct, inserted, changed, progress.method)
+        return self._result(received, distinct, inserted, changed, method)
 
     @staticmethod
     def _result(
@@ -379,6 +599,42 @@ class Writer:
         previous = connection.execute(_SWAP_SETTING, params).scalar_one()
         yield
         connection.execute(_SET_SETTING, {"name": DECOMPRESSION_SETTING, "value": previous})
+
+
+class _OutOfOrder(Exception):
+    """Raised into the append COPY when a key does not follow the previous one."""
+
+
+#: What abandons an append for the merge: a unique violation (the key exists after all) and
+#: a deadlock (with a writer outside this library, or a compression job): the savepoint's
+#: rollback releases what the append locked, and the merge takes its locks in write order.
+_APPEND_FALLBACK_SQLSTATES = frozenset({"23505", "40P01"})
+
+
+def _abandons_append(exc: BaseException) -> bool:
+    if isinstance(exc, _OutOfOrder):
+        return True
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "sqlstate", None) in _APPEND_FALLBACK_SQLSTATES
+
+
+def _in_write_order_only(rows: Iterable[Row]) -> Iterator[Row]:
+    """``rows`` as they come, raising :class:`_OutOfOrder` at a key not above the last one."""
+    last: tuple[Any, ...] = ()
+    for row in rows:
+        key = (row[1], row[2], row[3], row[4])
+        if key <= last:
+            raise _OutOfOrder
+        last = key
+        yield row
+
+
+def _failure(connection: Connection, exc: BaseException) -> BaseException:
+    """The :class:`WriteError` for a database or driver failure, else ``exc`` itself."""
+    error = database_error(exc)
+    if error is None and supports_copy(connection):
+        error = driver_error(connection, exc)
+    return exc if error is None else error
 
 
 def _has_decompression_setting(connection: Connection) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, event
 
-from ..options import get_distribution_options, get_timescale_options
+from ..options import get_distribution_options, get_timescale_options, table_of
 
 __all__ = ["attach_ddl_hooks", "ensure_distribution", "ensure_timescale", "select_dialect"]
 
@@ -49,11 +49,13 @@ def attach_ddl_hooks(table: Table) -> None:
         table.info[_HOOKED] = True
 
 
-def ensure_timescale(table: Table, connection: Connection) -> bool:
+def ensure_timescale(table: Table | object, connection: Connection) -> bool:
     """Bring an existing table's Timescale setup in line with its options; idempotent.
 
-    Returns ``True`` when TimescaleDB settings were applied, ``False`` on a plain database.
+    ``table``: a ``Table`` or a mapped class. Returns ``True`` when TimescaleDB settings were
+    applied, ``False`` on a plain database.
     """
+    table = table_of(table)
     options = get_timescale_options(table)
     if options is None:
         return False
@@ -63,13 +65,15 @@ def ensure_timescale(table: Table, connection: Connection) -> bool:
     return result
 
 
-def ensure_distribution(table: Table, connection: Connection) -> bool:
-    """Distribute an existing table as its :class:`~sa_signals.DistributionOptions` say;
-    idempotent (a table that is already distributed is left alone).
+def ensure_distribution(table: Table | object, connection: Connection) -> bool:
+    """Distribute an existing table (a ``Table`` or a mapped class) as its
+    :class:`~sa_signals.DistributionOptions` say; idempotent (a table that is already
+    distributed is left alone).
 
     Returns ``True`` when the table is distributed afterwards, ``False`` on a database without
     Citus, on another dialect, or for a table without distribution options.
     """
+    table = table_of(table)
     options = get_distribution_options(table)
     if options is None or connection.dialect.name != "postgresql":
         return False

@@ -1,0 +1,216 @@
+"""DataFrames out: the read queries' results as a ``pyarrow.Table`` (or polars / pandas through it).
+
+``get_signals_history``, ``get_latest_signals``, ``get_active_signals`` and
+``get_signal_buckets`` take ``format=`` (keyword only): ``"dicts"`` (the default, a list of
+dicts), ``"arrow"`` (a ``pyarrow.Table``), ``"polars"`` (``polars.DataFrame``, via
+``polars.from_arrow``, no copy) or ``"pandas"`` (``pandas.DataFrame``, via
+``Table.to_pandas``). The rows, their order and their values are those of the dict form:
+timestamps are ``timestamp[us, tz=UTC]``, ``metadata`` is the JSON text of the stored document
+(``null`` when absent; ``json.loads`` of it equals the dict form's value; polars users decode it
+with ``.str.json_decode()``).
+
+How the table is read:
+
+* the query clients on PostgreSQL run the same SQL (compiled with positional ``$n``
+  parameters) through ADBC's PostgreSQL driver (``adbc-driver-postgresql``,
+  ``fetch_arrow_table``): the server's binary rows become Arrow columns in C, no Python object
+  per row. ADBC opens its own connection (the clients' reads are single autocommit
+  statements, so nothing would see the difference); the async client runs it in a thread;
+* repositories run on the session's own connection (so they see the session's uncommitted
+  work), as do SQLite and clients without ADBC installed: the rows the driver returns are
+  turned into Arrow columns.
+
+pyarrow (and polars / pandas) are imported only when a frame is asked for; a missing one raises
+:class:`~sa_signals.errors.MissingDependencyError` naming the extra.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from sqlalchemy import Engine
+from sqlalchemy.sql import Executable
+
+from ..errors import InvalidQueryError, MissingDependencyError
+from .queries import QueryPlan
+
+__all__ = [
+    "FORMATS",
+    "Format",
+    "Shape",
+    "adbc_table",
+    "check_format",
+    "convert",
+    "frame_from_result",
+    "require_pyarrow",
+    "uses_adbc",
+]
+
+#: What a query method returns: dicts (default) or one of the frame types.
+Format = Literal["dicts", "arrow", "polars", "pandas"]
+FORMATS: tuple[str, ...] = ("dicts", "arrow", "polars", "pandas")
+#: Result shapes: which columns a query returns.
+Shape = Literal["records", "active", "buckets"]
+
+_RECORD_COLUMNS = ("provider", "symbol", "ts", "name", "value", "score", "metadata", "created_at")
+_ACTIVE_COLUMNS = ("symbol", "name", "value", "score", "ts", "metadata")
+_BUCKET_COLUMNS = (
+    "bucket",
+    "signal_count",
+    "min_value",
+    "max_value",
+    "avg_value",
+    "last_value",
+)
+
+
+def check_format(format: object) -> Format:
+    """``format`` if it is one of :data:`FORMATS`, else :class:`InvalidQueryError`."""
+    if not isinstance(format, str) or format not in FORMATS:
+        raise InvalidQueryError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    return format  # type: ignore[return-value]
+
+
+def require_pyarrow() -> Any:
+    try:
+        import pyarrow
+    except ImportError:
+        raise MissingDependencyError("pyarrow", "arrow") from None
+    return pyarrow
+
+
+def _schema(shape: Shape) -> Any:
+    pa = require_pyarrow()
+    text, stamp, number = pa.string(), pa.timestamp("us", "UTC"), pa.float64()
+    types: tuple[Any, ...]
+    if shape == "records":
+        types = (text, text, stamp, text, number, number, text, stamp)
+        return pa.schema(list(zip(_RECORD_COLUMNS, types, strict=True)))
+    if shape == "active":
+        types = (text, text, number, number, stamp, text)
+        return pa.schema(list(zip(_ACTIVE_COLUMNS, types, strict=True)))
+    types = (stamp, pa.int64(), number, number, number, number)
+    return pa.schema(list(zip(_BUCKET_COLUMNS, types, strict=True)))
+
+
+def _json_text(value: Any) -> str | None:
+    # The text PostgreSQL prints for a jsonb document (", " and ": " separators, keys in the
+    # stored order, non-ASCII kept).
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def frame_from_result(dicts: Sequence[Any], shape: Shape) -> Any:
+    """The dict form's result as a ``pyarrow.Table`` of the shape's schema."""
+    pa = require_pyarrow()
+    schema = _schema(shape)
+    columns = {}
+    for field in schema:
+        values = [row[field.name] for row in dicts]
+        if field.name == "metadata":
+            values = [_json_text(value) for value in values]
+        columns[field.name] = pa.array(values, field.type)
+    return pa.table(columns, schema=schema)
+
+
+def convert(table: Any, format: Format) -> Any:
+    """``table`` as the frame type ``format`` names (``"arrow"``: as is)."""
+    if format == "polars":
+        try:
+            import polars
+        except ImportError:
+            raise MissingDependencyError("polars", "polars") from None
+        return polars.from_arrow(table)
+    if format == "pandas":
+        try:
+            import pandas  # noqa: F401 - Table.to_pandas needs it
+        except ImportError:
+            raise MissingDependencyError("pandas", "pandas") from None
+        return table.to_pandas()
+    return table
+
+
+def uses_adbc(engine: Engine) -> bool:
+    """Whether the query clients read frames of ``engine`` through ADBC (PostgreSQL, installed)."""
+    if engine.dialect.name != "postgresql":
+        return False
+    try:
+        import adbc_driver_postgresql.dbapi  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _positional(statement: Executable, parameters: dict[str, Any]) -> tuple[str, list[Any]]:
+    """``statement`` as PostgreSQL SQL with ``$n`` placeholders, and the values in order."""
+    from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+
+    compiled: Any = statement.compile(dialect=PGDialect_asyncpg())  # type: ignore[attr-defined,no-untyped-call]
+    values = compiled.construct_params(parameters)
+    order = compiled.positiontup or ()
+    return compiled.string, [values[name] for name in order]
+
+
+def _libpq_uri(engine: Engine) -> str:
+    url = engine.url.set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+def _plain_strings(column: Any) -> Any:
+    pa = require_pyarrow()
+    kind = column.type
+    if isinstance(kind, pa.ExtensionType):  # jsonb arrives as arrow.json over strings
+        column = pa.chunked_array([chunk.storage for chunk in column.chunks], kind.storage_type)
+    return column.cast(pa.string())
+
+
+def adbc_table(engine: Engine, plan: QueryPlan[Any], shape: Shape) -> Any:
+    """Run ``plan`` through ADBC on ``engine``'s database; the result as a ``pyarrow.Table``."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    pa = require_pyarrow()
+    schema = _schema(shape)
+    statement = plan.statement
+    if statement is None:
+        return schema.empty_table()
+    sql, values = _positional(statement, plan.parameters)
+    with adbc.connect(_libpq_uri(engine), autocommit=True) as connection:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, tuple(values))
+            raw = cursor.fetch_arrow_table()
+    if shape == "buckets":
+        return _bucket_columns(raw, schema)
+    columns = []
+    for i, field in enumerate(schema):
+        column = raw.column(i)
+        if field.name == "metadata":
+            column = _plain_strings(column)
+        columns.append(column.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _bucket_columns(raw: Any, schema: Any) -> Any:
+    """``(start, count, min, max, last, small_sum, large_sum)`` to the bucket columns.
+
+    The mean as the dict form computes it (see ``queries._buckets``): ``small_sum / count``,
+    plus ``large_sum / count * SCALE_UP`` where values beyond ``LARGE_VALUE`` were summed apart.
+    """
+    import pyarrow.compute as pc
+
+    from .queries import SCALE_UP
+
+    pa = require_pyarrow()
+    start, count, low, high, last, small, large = (raw.column(i) for i in range(7))
+    counts = count.cast(pa.float64())
+    plain = pc.divide(small.cast(pa.float64()), counts)
+    scaled = pc.add(
+        pc.divide(pc.fill_null(small.cast(pa.float64()), 0.0), counts),
+        pc.multiply(pc.divide(large.cast(pa.float64()), counts), SCALE_UP),
+    )
+    mean = pc.if_else(pc.is_null(large), plain, scaled)
+    arrays = [start, count, low, high, mean, last]
+    return pa.Table.from_arrays(
+        [array.cast(field.type) for array, field in zip(arrays, schema, strict=True)],
+        schema=schema,
+    )
