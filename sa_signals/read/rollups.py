@@ -164,7 +164,10 @@ def _ceil(instant: datetime, width: timedelta) -> datetime | None:
 
 
 def plan_rollup_state(table: Table) -> QueryPlan[list[RollupState]] | None:
-    """The state of ``table``'s rollups that exist in the database (``None``: it has none)."""
+    """The state of ``table``'s rollups that exist in the database (``None``: it has none).
+
+    The repositories run it to learn which rollups exist (once per engine while all do); the
+    reads themselves read the state inside their own statement (:func:`cover_ctes`)."""
     rollups = get_rollups(table)
     if not rollups:
         return None
@@ -221,7 +224,10 @@ def cover(
     states: Sequence[RollupState], start: datetime, end: datetime
 ) -> tuple[list[list[Interval]], list[Interval]]:
     """Split ``[start, end)`` into trusted bucket ranges per level (``states`` widest first)
-    and what is left for the signals table."""
+    and what is left for the signals table.
+
+    The reference for :func:`cover_ctes`, which does the same on the server inside each rollup
+    read (the tests compare both on random states)."""
     gaps: list[Interval] = [(start, end)]
     levels: list[list[Interval]] = []
     for state in states:
