@@ -14,9 +14,10 @@ read them. The answer is the raw-table computation's, not an approximation of it
   the next level's, and what is left (the window's partial edges, the buckets written after the
   last refresh, the invalidated ones) by the signals table itself;
 * one statement does all of it. Its first CTEs read the watermarks
-  (``_timescaledb_functions.cagg_watermark``) and the pending invalidations
-  (``_timescaledb_catalog.continuous_aggs_*_invalidation_log``) and derive the ranges as
-  multiranges (:func:`cover_ctes`, the SQL form of :func:`cover`); the rest reads each range
+  (``_timescaledb_catalog.continuous_aggs_watermark``, in the statement's snapshot) and the
+  pending invalidations (``_timescaledb_catalog.continuous_aggs_*_invalidation_log``) and
+  derive the ranges as multiranges (:func:`cover_ctes`, the SQL form of :func:`cover`); the
+  rest reads each range
   (a ``LATERAL`` index scan per range, rollups and signals table ``UNION ALL``). Catalog and
   data come from one snapshot: a write, replay or refresh committed meanwhile is seen entirely or
   not at all. The SQL text depends only on the table and its rollups, so prepared statements
@@ -266,8 +267,12 @@ _TIME = (
 #: the union of its pending invalidation ranges (raw hypertable's log and its own).
 _STATE_CTE = (
     "state AS MATERIALIZED (SELECT ca.user_view_name AS view_name, "
-    "(SELECT " + _TIME.format("z.w") + " FROM (SELECT "
-    "_timescaledb_functions.cagg_watermark(ca.mat_hypertable_id) AS w) AS z) AS mark, "
+    # The watermark's catalog row, not cagg_watermark(): TimescaleDB's scanner reads that with
+    # the latest snapshot, which can be newer than the statement's (a refresh committed since
+    # the statement began would then vouch for buckets this snapshot sees unrefreshed).
+    "(SELECT " + _TIME.format("z.watermark") + " FROM "
+    "_timescaledb_catalog.continuous_aggs_watermark AS z "
+    "WHERE z.mat_hypertable_id = ca.mat_hypertable_id) AS mark, "
     "(SELECT range_agg(tstzrange("
     + _TIME.format("p.lo")
     + ", "
