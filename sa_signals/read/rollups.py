@@ -267,9 +267,10 @@ _TIME = (
 #: the union of its pending invalidation ranges (raw hypertable's log and its own).
 _STATE_CTE = (
     "state AS MATERIALIZED (SELECT ca.user_view_name AS view_name, "
-    # The watermark's catalog row, not cagg_watermark(): TimescaleDB's scanner reads that with
-    # the latest snapshot, which can be newer than the statement's (a refresh committed since
-    # the statement began would then vouch for buckets this snapshot sees unrefreshed).
+    # The watermark's catalog row, read by SQL in the statement's own snapshot, rather than
+    # cagg_watermark(): that reads it through TimescaleDB's internal scanner, whose snapshot is
+    # not documented to be the statement's (a newer one could vouch for buckets that a refresh
+    # committed after the statement began, which this snapshot sees unrefreshed).
     "(SELECT " + _TIME.format("z.watermark") + " FROM "
     "_timescaledb_catalog.continuous_aggs_watermark AS z "
     "WHERE z.mat_hypertable_id = ca.mat_hypertable_id) AS mark, "
