@@ -1,10 +1,17 @@
 """Write-path benchmark: the library's write paths against hand-written baselines.
 
-Usage: ``python benchmarks/write_bench.py [--rows 200000] [--repeat 5] [--dsn ...]``
+Usage: ``python benchmarks/write_bench.py [--rows 200000] [--repeat 5] [--url ...] [--timescale]``
 
 On one PostgreSQL (default ``postgresql://postgres@127.0.0.1:5432/bench_write``, created if
 missing), with the same signals (small metadata dicts) and the spec's table and indexes, each
-path writes into an empty table (first write) and then writes everything again (full replay):
+path writes into an empty table (first write) and then writes everything again (full replay).
+With ``--timescale`` (the server must have TimescaleDB; the extension is created in the
+database) the table is a hypertable made by the library's DDL hook (one 7-day chunk holds all
+signals, compression segmented by the spec's columns, no compression policy), and a third
+column replays everything once more into compressed chunks (every chunk compressed with
+``compress_chunk`` after the replay; the hand-written baselines lift
+``timescaledb.max_tuples_decompressed_per_dml_transaction`` for their transaction, as the
+clients do by default):
 
 (n) naive psycopg: binary COPY of every signal -> temp table -> ONE ``INSERT ... SELECT ... ON
     CONFLICT DO UPDATE ... WHERE ... IS DISTINCT FROM`` (no validation, no dedupe, no sort);
@@ -14,7 +21,9 @@ path writes into an empty table (first write) and then writes everything again (
 (b) ``SignalsStoreClient.write_signals`` with its DEFAULT batch_size (ratio to (n));
 (c) ``AsyncSignalsStoreClient.write_signals`` on asyncpg, default batch_size (ratio to (m));
 (d) the small-batch path (``batch_threshold`` above the call size, 1,000-signal calls);
-(e) 100-signal calls: p50/p95 latency per call.
+(e) 100-signal calls: p50/p95 latency per call;
+(p) plain binary COPY straight into the table (first write only: COPY cannot replay), the
+    ceiling of any write path.
 
 Every contender connects once, outside the timings; the contenders run interleaved in every
 round (so drift on a shared machine hits them alike) and the figures are medians over
@@ -28,6 +37,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -45,7 +55,12 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import MetaData, Table, create_engine, text
 from sqlalchemy.engine import make_url
 
-from sa_signals import AsyncSignalsStoreClient, SignalsStoreClient, signals_table
+from sa_signals import (
+    AsyncSignalsStoreClient,
+    SignalsStoreClient,
+    TimescaleOptions,
+    signals_table,
+)
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/bench_write"
 BASE = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -71,7 +86,7 @@ def generate(n: int, start: int = 0) -> Iterator[SimpleNamespace]:
         yield make_signal(i)
 
 
-def ensure_database(dsn: str) -> None:
+def ensure_database(dsn: str, timescale: bool) -> None:
     url = make_url(dsn)
     admin = url.set(drivername="postgresql", database="postgres")
     with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
@@ -79,6 +94,10 @@ def ensure_database(dsn: str) -> None:
             "SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)
         ).fetchone():
             conn.execute(f'CREATE DATABASE "{url.database}"')
+    if timescale:
+        libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(libpq, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
 
 
 NAIVE_MERGE = """
@@ -95,6 +114,10 @@ NAIVE_STAGE = (
     "value float8, score float8, metadata jsonb) ON COMMIT DROP"
 )
 NAIVE_COLUMNS = ("provider", "symbol", "ts", "name", "value", "score", "metadata")
+NAIVE_TYPES = ["text", "text", "timestamptz", "text", "float8", "float8", "jsonb"]
+# What the clients do by default on TimescaleDB: no cap on decompressed tuples for the call.
+LIFT_CAP = "SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 0"
+COMPRESS = "SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks(%s) c"
 
 
 def _jsonb_binary(value: object) -> bytes:
@@ -102,8 +125,11 @@ def _jsonb_binary(value: object) -> bytes:
 
 
 class Bench:
-    def __init__(self, dsn: str, rows: int, baseline_batch: int, batch_size: int | None) -> None:
+    def __init__(
+        self, dsn: str, rows: int, baseline_batch: int, batch_size: int | None, timescale: bool
+    ) -> None:
         self.dsn = dsn
+        self.timescale = timescale
         self.libpq = (
             make_url(dsn).set(drivername="postgresql").render_as_string(hide_password=False)
         )
@@ -113,7 +139,10 @@ class Bench:
         self.data = [make_signal(i) for i in range(rows)]
         self.engine = create_engine(make_url(dsn).set(drivername="postgresql+psycopg"))
         self.metadata = MetaData()
-        self.table: Table = signals_table(self.metadata, "bench_signals", timescale=None)
+        # On TimescaleDB: the library's DDL hook makes the hypertable; no compression policy,
+        # so no background job compresses a chunk in the middle of a measurement.
+        options = TimescaleOptions(compress_after=None) if timescale else None
+        self.table: Table = signals_table(self.metadata, "bench_signals", timescale=options)
         # Every contender connects once, outside the timings.
         self.loop = asyncio.new_event_loop()
         self.psycopg = psycopg.connect(self.libpq)
@@ -157,11 +186,43 @@ class Bench:
         with self.engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM bench_signals")).scalar_one())
 
-    # (n) ------------------------------------------------------------------------------------
-    def naive_psycopg(self) -> None:
-        types = ["text", "text", "timestamptz", "text", "float8", "float8", "jsonb"]
+    def compress(self) -> int:
+        """Compress every chunk of the hypertable (untimed); the number of chunks."""
+        with psycopg.connect(self.libpq, autocommit=True) as conn:
+            row = conn.execute(COMPRESS, ("bench_signals",)).fetchone()
+            conn.execute("CHECKPOINT")
+        gc.collect()
+        return int(row[0]) if row else 0
+
+    # (p) ------------------------------------------------------------------------------------
+    def plain_copy(self) -> None:
         conn = self.psycopg
         with conn.cursor() as cur:
+            with cur.copy(
+                f"COPY bench_signals ({', '.join(NAIVE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(NAIVE_TYPES)
+                for s in self.data:
+                    copy.write_row(
+                        (
+                            s.provider,
+                            s.symbol.upper(),
+                            s.ts,
+                            s.name,
+                            s.value,
+                            s.score,
+                            None if s.metadata is None else Jsonb(s.metadata),
+                        )
+                    )
+        conn.commit()
+
+    # (n) ------------------------------------------------------------------------------------
+    def naive_psycopg(self) -> None:
+        types = NAIVE_TYPES
+        conn = self.psycopg
+        with conn.cursor() as cur:
+            if self.timescale:
+                cur.execute(LIFT_CAP)
             cur.execute(NAIVE_STAGE)
             with cur.copy(
                 f"COPY tmp_signals ({', '.join(NAIVE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
@@ -187,6 +248,8 @@ class Bench:
         async def run() -> None:
             conn = self.asyncpg
             async with conn.transaction():
+                if self.timescale:
+                    await conn.execute(LIFT_CAP)
                 await conn.execute(NAIVE_STAGE)
                 await conn.copy_records_to_table(
                     "tmp_signals",
@@ -215,6 +278,8 @@ class Bench:
         """
         types = ["int8", "text", "text", "timestamptz", "text", "float8", "float8", "jsonb"]
         conn = self.psycopg
+        if self.timescale:
+            conn.execute(LIFT_CAP)
         conn.execute(
             "CREATE TEMP TABLE tmp_signals (ord bigint, provider text, symbol text, "
             "ts timestamptz, name text, value float8, score float8, metadata jsonb) "
@@ -270,10 +335,53 @@ class Bench:
         return latencies
 
 
-def timed(fn: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """Wall time, and CPU time of this process plus the server's backends on the database.
+
+    On a shared machine the wall time of a contender depends on what else runs; the CPU it
+    spends (client process + its server backends, read from ``/proc`` when the server runs on
+    this machine) does much less. Every contender connects once, before the timings, to a
+    database of the benchmark's own, so the backends of that database are the contenders'.
+    """
+
+    def __init__(self, libpq: str) -> None:
+        self.conn = psycopg.connect(libpq, autocommit=True)
+
+    def _server(self) -> float | None:
+        pids = [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+        ]
+        total = 0.0
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:  # a remote server, or the backend just left
+                return None
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return total
+
+    def timed(self, fn: Callable[[], None]) -> tuple[float, float | None, float]:
+        server = self._server()
+        client = time.process_time()
+        started = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - started
+        client = time.process_time() - client
+        after = self._server()
+        if server is None or after is None:
+            return wall, None, client
+        return wall, after - server, client
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def rss_child(rows: int, dsn: str, batch_size: int) -> None:
@@ -302,7 +410,12 @@ def rss_child(rows: int, dsn: str, batch_size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", default=DEFAULT_DSN)
+    parser.add_argument("--url", "--dsn", dest="dsn", default=DEFAULT_DSN)
+    parser.add_argument(
+        "--timescale",
+        action="store_true",
+        help="hypertable mode (TimescaleDB server): adds the replay into compressed chunks",
+    )
     parser.add_argument("--rows", type=int, default=200_000, help="signals per run")
     parser.add_argument("--repeat", type=int, default=5, help="rounds (medians)")
     parser.add_argument(
@@ -318,7 +431,7 @@ def main() -> None:
         rss_child(args.rss_child, args.dsn, args.batch_size or 10_000)
         return
 
-    ensure_database(args.dsn)
+    ensure_database(args.dsn, args.timescale)
     # First, while this process is still small: ru_maxrss survives fork + exec on Linux.
     if args.rss_rows:
         out = subprocess.run(
@@ -342,61 +455,118 @@ def main() -> None:
             f"{written / elapsed:,.0f} rows/s, peak RSS {peak:.0f} MB by getrusage "
             f"(after imports {before:.0f} MB), VmHWM {hwm:.0f} MB"
         )
-    bench = Bench(args.dsn, args.rows, args.baseline_batch, args.batch_size)
-    paths: dict[str, tuple[str, Callable[[], None], str]] = {
-        "n": ("(n) naive psycopg COPY + one merge", bench.naive_psycopg, "n"),
-        "b": ("(b) SignalsStoreClient", bench.sync_client, "n"),
-        "m": ("(m) naive asyncpg COPY + one merge", bench.naive_asyncpg, "m"),
-        "c": ("(c) AsyncSignalsStoreClient (asyncpg)", bench.async_client, "m"),
-        "a": ("(a) psycopg COPY, DISTINCT ON per batch", bench.baseline, "n"),
-        "d": ("(d) small-batch upsert, 1,000 per call", bench.executemany, "n"),
+    bench = Bench(args.dsn, args.rows, args.baseline_batch, args.batch_size, args.timescale)
+    # key: (label, function, baseline key, can replay)
+    paths: dict[str, tuple[str, Callable[[], None], str, bool]] = {
+        "n": ("(n) naive psycopg COPY + one merge", bench.naive_psycopg, "n", True),
+        "b": ("(b) SignalsStoreClient", bench.sync_client, "n", True),
+        "m": ("(m) naive asyncpg COPY + one merge", bench.naive_asyncpg, "m", True),
+        "c": ("(c) AsyncSignalsStoreClient (asyncpg)", bench.async_client, "m", True),
+        "a": ("(a) psycopg COPY, DISTINCT ON per batch", bench.baseline, "n", True),
+        "d": ("(d) small-batch upsert, 1,000 per call", bench.executemany, "n", True),
+        "p": ("(p) plain binary COPY into the table", bench.plain_copy, "n", False),
     }
     if args.only:
         keep = set(args.only.split(","))
         paths = {key: value for key, value in paths.items() if key in keep}
-    first: dict[str, list[float]] = {key: [] for key in paths}
-    replay: dict[str, list[float]] = {key: [] for key in paths}
+    phases = ["first", "replay", *(["compressed"] if args.timescale else [])]
+    times: dict[str, dict[str, list[float]]] = {
+        phase: {key: [] for key in paths} for phase in phases
+    }
+    cpus: dict[str, dict[str, list[float]]] = {
+        phase: {key: [] for key in paths} for phase in phases
+    }
+    clients: dict[str, dict[str, list[float]]] = {
+        phase: {key: [] for key in paths} for phase in phases
+    }
+    meter = Meter(bench.libpq)
+
+    def measure(phase: str, key: str, fn: Callable[[], None]) -> float:
+        wall, server, client = meter.timed(fn)
+        times[phase][key].append(wall)
+        clients[phase][key].append(client)
+        if server is not None:
+            cpus[phase][key].append(client + server)
+        return wall
+
+    loads: list[float] = []
     for run in range(args.repeat):
         # Interleave the contenders in each round so drift hits all of them alike; the first
         # contender changes every round.
         keys = list(paths)
         keys = keys[run % len(keys) :] + keys[: run % len(keys)]
         for key in keys:
-            name, fn, _ = paths[key]
+            name, fn, _, replays = paths[key]
             bench.reset()
-            first[key].append(timed(fn))
+            loads.append(os.getloadavg()[0])
+            line = f"round {run + 1}: {name}: first {measure('first', key, fn):.2f}s"
             assert bench.count() == args.rows, name
-            replay[key].append(timed(fn))
-            print(
-                f"round {run + 1}: {name}: first {first[key][-1]:.2f}s "
-                f"replay {replay[key][-1]:.2f}s",
-                file=sys.stderr,
-            )
+            if replays:
+                line += f" replay {measure('replay', key, fn):.2f}s"
+                if args.timescale:
+                    bench.compress()
+                    line += f" compressed {measure('compressed', key, fn):.2f}s"
+                    assert bench.count() == args.rows, name
+            print(line, file=sys.stderr)
 
-    batch = args.batch_size or "default (1000)"
+    batch = args.batch_size or "default"
+    server = "TimescaleDB hypertable" if args.timescale else "PostgreSQL table"
     print(
-        f"\n{args.rows} signals, clients' batch_size {batch}, medians of {args.repeat} rounds; "
+        f"\n{args.rows} signals into a {server}, clients' batch_size {batch}, medians of "
+        f"{args.repeat} rounds, load average (1 min) median {statistics.median(loads):.1f} "
+        f"(min {min(loads):.1f}, max {max(loads):.1f}); "
         "ratio = baseline time / contender time (>1: faster than the baseline)"
     )
-    print(f"{'path':44} {'first rows/s':>13} {'ratio':>6} {'replay rows/s':>14} {'ratio':>6}  vs")
-    for key, (name, _, base) in paths.items():
-        f, r = statistics.median(first[key]), statistics.median(replay[key])
-        if base in first:
-            bf, br = statistics.median(first[base]), statistics.median(replay[base])
-            ratios = f"{bf / f:6.2f} {args.rows / r:14,.0f} {br / r:6.2f}  ({base})"
-        else:
-            ratios = f"{'-':>6} {args.rows / r:14,.0f} {'-':>6}"
-        print(f"{name:44} {args.rows / f:13,.0f} {ratios}")
+    header = f"{'path':44}"
+    for phase in phases:
+        header += f" {phase + ' rows/s':>17} {'ratio':>6}"
+    print(header + "  vs")
+    for key, (name, _, base, _replays) in paths.items():
+        line = f"{name:44}"
+        for phase in phases:
+            mine = times[phase][key]
+            if not mine:
+                line += f" {'-':>17} {'-':>6}"
+                continue
+            median = statistics.median(mine)
+            ratio = "-"
+            if base in paths and times[phase][base]:
+                ratio = f"{statistics.median(times[phase][base]) / median:.2f}"
+            line += f" {args.rows / median:17,.0f} {ratio:>6}"
+        print(f"{line}  ({base})")
+    if all(cpus[phase][key] for phase in phases for key in paths if paths[key][3]):
+        print(
+            "\nCPU seconds: client process + its server backends (the client's part), medians; "
+            "ratio = baseline CPU / contender CPU"
+        )
+        print(f"{'path':44}" + "".join(f" {phase + ' CPU':>17} {'ratio':>6}" for phase in phases))
+        for key, (name, _, base, _replays) in paths.items():
+            line = f"{name:44}"
+            for phase in phases:
+                mine = cpus[phase][key]
+                if not mine:
+                    line += f" {'-':>17} {'-':>6}"
+                    continue
+                median = statistics.median(mine)
+                ratio = "-"
+                if base in paths and cpus[phase][base]:
+                    ratio = f"{statistics.median(cpus[phase][base]) / median:.2f}"
+                own = statistics.median(clients[phase][key])
+                line += f" {median:7.2f}s ({own:5.2f}s) {ratio:>6}"
+            print(f"{line}  ({base})")
+    meter.close()
     # Per-round ratios of the clients to their baselines (paired within a round).
-    for key, base in (("b", "n"), ("c", "m")):
-        if key in first and base in first:
-            pf = [b / c for b, c in zip(first[base], first[key], strict=True)]
-            pr = [b / c for b, c in zip(replay[base], replay[key], strict=True)]
-            print(
-                f"{paths[key][0]}: per-round ratio to ({base}) first "
-                f"{' '.join(f'{x:.2f}' for x in pf)} (median {statistics.median(pf):.2f}); "
-                f"replay {' '.join(f'{x:.2f}' for x in pr)} (median {statistics.median(pr):.2f})"
-            )
+    for key, base in (("b", "n"), ("c", "m"), ("p", "n")):
+        if key in paths and base in paths:
+            parts = []
+            for phase in phases:
+                pairs = [b / c for b, c in zip(times[phase][base], times[phase][key], strict=False)]
+                if pairs and times[phase][key]:
+                    parts.append(
+                        f"{phase} {' '.join(f'{x:.2f}' for x in pairs)} "
+                        f"(median {statistics.median(pairs):.2f})"
+                    )
+            print(f"{paths[key][0]}: per-round ratio to ({base}): " + "; ".join(parts))
 
     if args.calls:
         bench.reset()

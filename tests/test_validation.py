@@ -285,3 +285,36 @@ def test_row_stats_count_what_was_read_when_validation_fails() -> None:
     with pytest.raises(InvalidSignalError) as info:
         list(validate_signals(items, stats=stats))
     assert stats.count == 2 and stats.error is info.value
+
+
+def test_texts_checked_once_per_call_are_still_checked_per_field() -> None:
+    # A value seen valid earlier in the call (in any field) does not let a bad one through,
+    # and every symbol is upper-cased, a str subclass included.
+    class Text(str):
+        pass
+
+    base = {"provider": "p", "ts": TS, "name": "n", "value": 1.0}
+    signals = [
+        {**base, "symbol": "spy"},
+        {**base, "symbol": Text("spy"), "provider": "spy"},
+        {**base, "symbol": "spy", "name": "spy"},
+        {**base, "symbol": "qqq\x00"},
+    ]
+    with pytest.raises(InvalidSignalError) as caught:
+        list(validate_signals(signals))
+    assert (caught.value.index, caught.value.field) == (3, "symbol")
+    rows = list(validate_signals(signals[:3]))
+    assert [row[1:3] for row in rows] == [("p", "SPY"), ("spy", "SPY"), ("p", "SPY")]
+    assert [type(row[2]) for row in rows] == [str, str, str]
+    assert rows[2][4] == "spy"
+
+
+def test_row_stats_time_bounds_only_when_timestamps_never_go_back() -> None:
+    first = datetime.min.replace(tzinfo=timezone.utc)
+    rising = [good(ts=first), good(ts=first, name="b"), good(ts=TS), good(ts=TS, name="b")]
+    stats = RowStats(10)
+    list(validate_signals(rising, stats=stats))
+    assert (stats.low, stats.high) == (first, TS)
+    stats = RowStats(10)
+    list(validate_signals([good(ts=TS), good(ts=TS - timedelta(seconds=1))], stats=stats))
+    assert (stats.low, stats.high) == (None, None)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,7 +19,15 @@ from sqlalchemy.orm import Session
 from sa_signals import AsyncSignalsStoreClient, SignalRepository, SignalsStoreClient, WriteError
 
 from .conftest import Database
-from .test_write_helpers import BASE, expected, signal, signals, stored, sync_client
+from .test_write_helpers import (
+    BASE,
+    async_client,
+    expected,
+    signal,
+    signals,
+    stored,
+    sync_client,
+)
 
 
 def _xact_stats(connection: Connection, db: Database) -> tuple[int, int]:
@@ -382,3 +392,62 @@ def test_driver_without_copy_stages_with_unnest(postgres_db: Database) -> None:
         small = client.upsert(signals(3, value=5.0))  # one batch: the direct upsert
         assert (small.updated, small.unchanged) == (3, 0)
     assert stored(db) == expected([*items, *signals(3, value=5.0)])
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_first_write_meets_a_concurrent_insert_of_one_key_and_merges(
+    postgres_db: Database, flavour: str
+) -> None:
+    """(The append fast path off, so the call stages.) The plain INSERT of a call whose time
+    range was empty waits for a concurrent writer's uncommitted key; when that one commits,
+    the call rolls back to its savepoint and merges: no failed call, exact counts, the later
+    value wins."""
+    db = postgres_db
+    items = signals(300)
+    outcome: dict[str, Any] = {}
+
+    def write() -> None:
+        try:
+            if flavour == "sync":
+                with sync_client(
+                    db, batch_threshold=50, max_attempts=1, append_fast_path=False
+                ) as client:
+                    client.write_signals(items)
+                    outcome["result"] = client.last_result
+            else:
+
+                async def run() -> Any:
+                    async with async_client(
+                        db, batch_threshold=50, max_attempts=1, append_fast_path=False
+                    ) as client:
+                        await client.write_signals(items)
+                        return client.last_result
+
+                outcome["result"] = asyncio.run(run())
+        except BaseException as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    with Session(db.engine) as session:
+        SignalRepository(session, db.table).upsert([signal(7, value=5.0)])  # not committed
+        writer = threading.Thread(target=write)
+        writer.start()
+        with db.engine.connect() as watch:
+            for _ in range(600):  # the call waits on the uncommitted key
+                waiting = watch.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE :target AND pid <> pg_backend_pid()"
+                    ),
+                    {"target": f"%INSERT INTO %{db.schema}%signals AS target%"},
+                ).scalar()
+                watch.rollback()
+                if waiting or not writer.is_alive():
+                    break
+                time.sleep(0.05)
+            assert waiting, outcome
+        session.commit()
+    writer.join(60)
+    assert "error" not in outcome, outcome
+    result = outcome["result"]
+    assert (result.inserted, result.updated, result.unchanged) == (299, 1, 0)
+    assert stored(db) == expected(items)

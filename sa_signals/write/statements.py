@@ -231,7 +231,12 @@ def _write_order(quote: Any, prefix: str = "") -> str:
 
 
 def merge_statement(
-    table: Table, dialect: Dialect, kind: MergeKind, *, skip_unchanged: bool = True
+    table: Table,
+    dialect: Dialect,
+    kind: MergeKind,
+    *,
+    skip_unchanged: bool = True,
+    fresh: bool = False,
 ) -> TextClause:
     """Merge the staging table into ``table``; returns one row ``(distinct, inserted, changed)``.
 
@@ -246,6 +251,15 @@ def merge_statement(
     distributed table is not supported there ("correlated subqueries are not supported when
     the FROM clause contains a CTE or subquery"). The ``ON CONFLICT ... WHERE`` then alone
     keeps unchanged rows unchanged; the counts are the same.
+
+    ``fresh=True``: the plain ``INSERT ... SELECT`` (no pre-filter, no ``ON CONFLICT``) of a
+    call whose time range ``:low`` to ``:high`` holds no row; it inserts nothing when the range
+    holds one (checked in the same statement). About a
+    fifth cheaper on the server than the merge (no arbiter check, no speculative insertion).
+    Run it inside a savepoint: a key a concurrent writer added meanwhile raises a unique
+    violation (``23505``), and the caller rolls back to the savepoint and merges instead.
+    Rows still go in :data:`WRITE_ORDER`, so two such inserts of the same new keys wait for
+    each other in one order (no deadlock).
     """
     quote = dialect.identifier_preparer.quote
     target = dialect.identifier_preparer.format_table(table)
@@ -282,17 +296,38 @@ def merge_statement(
     changed = " OR ".join(
         f"target.{quote(k)} IS DISTINCT FROM excluded.{quote(k)}" for k in PAYLOAD_COLUMNS
     )
-    merged = (
-        f"merged AS (INSERT INTO {target} AS target ({columns}) {source} "
-        f"ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE {changed} "
-        f"RETURNING (target.xmax = 0) AS inserted)"
-    )
+    if fresh:
+        # The gate is part of the statement, so its locks come with the insert's (a separate
+        # probe first would upgrade a chunk's lock later and can deadlock with a compression
+        # job): an occupied range inserts nothing and the caller merges.
+        ts = quote("ts")
+        empty = (
+            f"WHERE NOT EXISTS (SELECT FROM {target} AS held "
+            f"WHERE held.{ts} >= :low AND held.{ts} <= :high) "
+        )
+        source = f"SELECT {selected} FROM {origin} {empty}ORDER BY {src_order}"  # noqa: S608
+        merged = (
+            f"merged AS (INSERT INTO {target} AS target ({columns}) {source} "
+            "RETURNING true AS inserted)"
+        )
+    else:
+        merged = (
+            f"merged AS (INSERT INTO {target} AS target ({columns}) {source} "
+            f"ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE {changed} "
+            f"RETURNING (target.xmax = 0) AS inserted)"
+        )
     if kind is MergeKind.COUNTED:
         src = f"SELECT {last} {cast_metadata} FROM {stage} {by_key}, ord DESC"  # noqa: S608
         prefix = f"WITH src AS MATERIALIZED ({src}), {merged} SELECT (SELECT count(*) FROM src)"  # noqa: S608
     else:
         prefix = f"WITH {merged} SELECT CAST(NULL AS bigint)"
-    return text(f"{prefix}, count(*) FILTER (WHERE inserted), count(*) FROM merged")
+    statement = text(f"{prefix}, count(*) FILTER (WHERE inserted), count(*) FROM merged")
+    if fresh:
+        ts_type = table.c.ts.type
+        return statement.bindparams(
+            bindparam("low", type_=ts_type), bindparam("high", type_=ts_type)
+        )
+    return statement
 
 
 def sqlite_stage(table: Table) -> Table:

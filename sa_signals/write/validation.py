@@ -45,6 +45,8 @@ _KINDS: dict[type, int] = {}
 # Compares below any real key tuple.
 _NO_KEY: Final[tuple[str, ...]] = ()
 _BEFORE_ALL: Final = datetime.min.replace(tzinfo=_UTC)
+# Distinct texts remembered per call by validate_signals (a bound on its memory).
+_CHECKED_LIMIT: Final = 4096
 
 
 class RowStats:
@@ -58,15 +60,19 @@ class RowStats:
     bounded memory (timestamps never went back and no instant held more than ``limit`` keys),
     else ``None``. Set however the iteration ends: ``count``, the signals read (the failing
     one included), and ``error``, the exception raised inside the iteration (by the caller's
-    iterable or by validation), so the write path can tell it from a driver's.
+    iterable or by validation), so the write path can tell it from a driver's. ``low`` and
+    ``high``: the first and last timestamp when ``duplicates`` could be counted (timestamps
+    never went back), else ``None``.
     """
 
-    __slots__ = ("count", "duplicates", "error", "limit", "ordered")
+    __slots__ = ("count", "duplicates", "error", "high", "limit", "low", "ordered")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.ordered = False
         self.duplicates: int | None = None
+        self.low: datetime | None = None
+        self.high: datetime | None = None
         self.count = 0
         self.error: BaseException | None = None
 
@@ -280,6 +286,10 @@ def validate_signals(
     """
     kinds = _KINDS
     encode = _encode
+    # Texts that passed _text in this call (bounded): provider and name values, and each
+    # symbol with its upper-cased form.
+    checked: dict[str, str] = {}
+    upper: dict[str, str] = {}
     utc = _UTC
     index = start - 1
     # Order tracking (see RowStats): the current instant, its keys, and what was seen so far.
@@ -288,6 +298,7 @@ def validate_signals(
     ordered = True
     duplicates = 0
     last_ts = _BEFORE_ALL
+    low: datetime | None = None
     last_key: tuple[Any, ...] = _NO_KEY
     first_key: tuple[str, ...] = _NO_KEY
     group: set[tuple[str, ...]] | None = None
@@ -327,18 +338,23 @@ def validate_signals(
                 raise _missing(index, obj, kind) from None
 
             # Fast paths test exact types; anything else goes through the careful checks.
-            if (
-                type(provider) is not str
-                or not provider.isascii()
-                or not provider
-                or "\x00" in provider
-            ):
+            # Providers, symbols and names repeat: a str already checked in this call is
+            # looked up (one hash probe, the hash is cached in the str) instead of checked.
+            if type(provider) is not str or provider not in checked:
                 provider = _text(index, "provider", provider)
-            if type(symbol) is not str or not symbol.isascii() or not symbol or "\x00" in symbol:
-                symbol = _text(index, "symbol", symbol)
-            symbol = symbol.upper()
-            if type(name) is not str or not name.isascii() or not name or "\x00" in name:
+                if len(checked) < _CHECKED_LIMIT:
+                    checked[provider] = provider
+            if type(symbol) is str and symbol in upper:
+                symbol = upper[symbol]
+            else:
+                text = _text(index, "symbol", symbol)
+                symbol = text.upper()
+                if len(upper) < _CHECKED_LIMIT:
+                    upper[text] = symbol
+            if type(name) is not str or name not in checked:
                 name = _text(index, "name", name)
+                if len(checked) < _CHECKED_LIMIT:
+                    checked[name] = name
             if type(ts) is not datetime or ts.tzinfo is not utc:
                 ts = _timestamp(index, ts)
             if type(value) is not float or value - value != 0.0:  # inf - inf and NaN are not 0
@@ -371,6 +387,8 @@ def validate_signals(
                     group_key = (provider, symbol, name)
                     if group is None:
                         group = {first_key}
+                        if low is None:  # the first rows are at datetime.min (UTC)
+                            low = ts
                     if group_key in group:
                         duplicates += 1
                     else:
@@ -378,6 +396,8 @@ def validate_signals(
                         if len(group) > limit:
                             tracking = False
                 elif ts > last_ts:
+                    if low is None:
+                        low = ts
                     last_ts = ts
                     first_key = (provider, symbol, name)
                     group = None
@@ -387,6 +407,8 @@ def validate_signals(
         if stats is not None:
             stats.ordered = ordered
             stats.duplicates = duplicates if tracking else None
+            if tracking and low is not None:
+                stats.low, stats.high = low, last_ts
     except BaseException as exc:
         if stats is not None:
             stats.error = exc

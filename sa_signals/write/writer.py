@@ -12,6 +12,10 @@ and writes each key once (the last occurrence wins), whatever its size and ``bat
   drivers without COPY; the signals are validated while they stream, so client and server
   work overlap and client memory stays bounded by ``batch_size``. The merge skips the sort or
   the deduplication when the per-row loop saw that the data does not need it (``RowStats``).
+  When the timestamps never went back and the table holds no row between the call's first
+  and last one (one index probe), the merge is a plain ``INSERT ... SELECT`` in write order
+  inside a savepoint (no pre-filter, no ``ON CONFLICT``); a unique violation (a concurrent
+  writer added one of the keys) rolls back to the savepoint and the call merges.
 
 The append fast path (:mod:`sa_signals.write.append`): a call whose keys are unique and which
 an index probe proves new (no stored row of its series within its time range) is COPYed
@@ -106,6 +110,7 @@ _HAS_SETTING = "sa_signals.decompression_setting"
 # connection.info key: whether this database has the citus extension.
 _HAS_CITUS = "sa_signals.citus"
 _READ_CITUS = text("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')")
+_UNIQUE_VIOLATION = "23505"
 _READ_SETTING = text("SELECT current_setting(:name, true)")
 _SWAP_SETTING = text("SELECT current_setting(:name), set_config(:name, :value, true)")
 _SET_SETTING = text("SELECT set_config(:name, :value, true)")
@@ -149,8 +154,10 @@ def _upsert(table: Table, dialect_name: str) -> Insert:
 
 
 @functools.lru_cache(maxsize=256)
-def _merge(table: Table, dialect: Any, kind: MergeKind, skip_unchanged: bool) -> Any:
-    return merge_statement(table, dialect, kind, skip_unchanged=skip_unchanged)
+def _merge(
+    table: Table, dialect: Any, kind: MergeKind, skip_unchanged: bool, fresh: bool = False
+) -> Any:
+    return merge_statement(table, dialect, kind, skip_unchanged=skip_unchanged, fresh=fresh)
 
 
 @functools.lru_cache(maxsize=128)
@@ -500,7 +507,7 @@ class Writer:
             kind, distinct = MergeKind.DEDUPLICATED, received - stats.duplicates
         else:
             kind, distinct = MergeKind.COUNTED, -1
-        return self._merge_stage(connection, received, kind, distinct, own, method)
+        return self._merge_stage(connection, received, kind, distinct, own, method, stats)
 
     def _merge_stage(
         self,
@@ -510,17 +517,55 @@ class Writer:
         distinct: int,
         own: bool,
         method: str = COPY,
+        stats: RowStats | None = None,
     ) -> WriteResult:
-        """Merge the staging table into the table, then empty it unless the call owns it."""
+        """Merge the staging table into the table, then empty it unless the call owns it.
+
+        With ``stats`` whose time bounds are known, a call into an empty time range is
+        inserted without the merge machinery (:meth:`_insert_fresh`).
+        """
         dialect = connection.dialect
-        merge = _merge(self.table, dialect, kind, not _has_citus(connection))
+        citus = _has_citus(connection)
+        merge = _merge(self.table, dialect, kind, not citus)
         with self._decompression(connection, own):
-            counted, inserted, changed = connection.execute(merge).one()
+            row = None
+            if (
+                stats is not None
+                and stats.low is not None
+                and kind is not MergeKind.COUNTED
+                and not citus
+                # Not on TimescaleDB: there the plain INSERT deadlocked with a compression job
+                # compressing the chunk being written (tests/test_write_timescale.py).
+                and not _has_decompression_setting(connection)
+            ):
+                row = self._insert_fresh(connection, kind, stats)
+            counted, inserted, changed = row or connection.execute(merge).one()
         if not own:
             connection.execute(truncate_stage(dialect))
         if kind is MergeKind.COUNTED:
             distinct = int(counted)
         return self._result(received, distinct, inserted, changed, method)
+
+    def _insert_fresh(
+        self, connection: Connection, kind: MergeKind, stats: RowStats
+    ) -> tuple[Any, int, int] | None:
+        """The staged rows by plain INSERT when the table held no row in the call's time
+        range (see ``merge_statement(fresh=True)``); ``None``: merge instead."""
+        fresh = _merge(self.table, connection.dialect, kind, True, True)
+        bounds = {"low": stats.low, "high": stats.high}
+        savepoint = connection.begin_nested()
+        try:
+            row = connection.execute(fresh, bounds).one()
+        except DBAPIError as exc:
+            error = database_error(exc)
+            if error is None or error.sqlstate != _UNIQUE_VIOLATION:
+                raise
+            savepoint.rollback()  # a concurrent writer added one of the keys: merge
+            return None
+        savepoint.commit()
+        if not row[2]:  # the range held rows: nothing was inserted
+            return None
+        return row[0], int(row[1]), int(row[2])
 
     @staticmethod
     def _result(
