@@ -26,7 +26,8 @@ from sa_signals import (
     TimescaleOptions,
     signals_table,
 )
-from sa_signals.read.rollups import RollupState, cover
+from sa_signals.errors import QueryError
+from sa_signals.read.rollups import RollupState, cover, cover_ctes
 from sa_signals.schema.aggregates import Rollup, get_rollups
 
 from .conftest import Database
@@ -239,6 +240,61 @@ def test_without_the_rollup_in_the_database_nothing_changes(native_timescale_db:
     assert got["total_signals"] > 0
 
 
+def test_rollups_created_or_dropped_later_are_seen(native_timescale_db: Database) -> None:
+    """Which rollups exist is remembered per engine: one created after the first call is used
+    from the next call; one dropped fails one call (named), then the raw table answers."""
+    db = native_timescale_db
+    plain = signals_table(MetaData(), schema=db.schema, timescale=None)
+    declared = signals_table(
+        MetaData(), schema=db.schema, timescale=TimescaleOptions(rollups=(HOUR,))
+    )
+    signals_table(db.metadata, schema=db.schema, timescale=TimescaleOptions())
+    db.metadata.create_all(db.engine)
+    with db.engine.begin() as conn:
+        conn.execute(insert(plain).values(_rows(NOW - 3 * DAY, NOW, timedelta(minutes=20), 6)))
+    seen: list[str] = []
+
+    def listen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", listen)
+    try:
+
+        def read() -> tuple[Any, Any]:
+            seen.clear()
+            with db.engine.connect() as conn:
+                rolled = SignalQueryRepository(conn, declared).get_signal_metrics(
+                    "p", "BTC", "price", hours_back=48
+                )
+                raw = SignalQueryRepository(conn, plain).get_signal_metrics(
+                    "p", "BTC", "price", hours_back=48
+                )
+            return rolled, raw
+
+        rolled, raw = read()
+        _same(rolled, raw)
+        assert not any("signals_1h" in s for s in seen)
+        hourly = get_rollups(declared)[0].aggregate
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            hourly.create(conn)
+            hourly.refresh_now(conn)
+        rolled, raw = read()
+        _same(rolled, raw)
+        assert any("signals_1h" in s for s in seen)
+        rolled, raw = read()  # the existence is remembered: the catalog is not asked again
+        assert sum("continuous_agg " in s for s in seen) == 1  # only the one statement's CTE
+        _same(rolled, raw)
+        with db.engine.begin() as conn:
+            hourly.drop(conn)
+        with pytest.raises(QueryError, match="signals_1h"):
+            read()
+        rolled, raw = read()
+        _same(rolled, raw)
+        assert not any("signals_1h" in s for s in seen)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listen)
+
+
 def test_rollups_declared_on_sqlite_are_ignored(sqlite_db: Database) -> None:
     db = sqlite_db
     table = signals_table(db.metadata, timescale=TimescaleOptions(rollups=(HOUR,)))
@@ -290,3 +346,74 @@ def test_huge_and_tiny_values_roll_up_without_overflow(native_timescale_db: Data
         _same(rolled, raw)
     finally:
         event.remove(pair.db.engine, "before_cursor_execute", pair._seen)
+
+
+def _multirange(intervals: list[tuple[datetime, datetime]]) -> str:
+    def bound(value: datetime) -> str:
+        if value >= datetime.max.replace(tzinfo=UTC):
+            return "infinity"
+        return value.isoformat()
+
+    return "{" + ",".join(f"[{bound(lo)},{bound(hi)})" for lo, hi in intervals) + "}"
+
+
+def test_the_servers_cover_is_the_reference_cover(native_timescale_db: Database) -> None:
+    """The SQL that splits a window among the levels (run by the server inside each rollup
+    read) agrees with the Python reference :func:`cover`, on random watermarks, pending
+    invalidations (open-ended ones too) and windows."""
+    rng = random.Random(12)
+    t0 = datetime(2024, 3, 4, tzinfo=UTC)
+    end = datetime.max.replace(tzinfo=UTC)
+    widths = [DAY, HOUR]
+    sql = text(
+        "WITH state AS (SELECT * FROM (VALUES "
+        "('d', CAST(:mark_d AS timestamptz), CAST(:invalid_d AS tstzmultirange)), "
+        "('h', CAST(:mark_h AS timestamptz), CAST(:invalid_h AS tstzmultirange))"
+        ") AS s(view_name, mark, invalid)), "
+        + cover_ctes(widths)
+        + " SELECT c1.trusted = CAST(:t1 AS tstzmultirange), "
+        "c2.trusted = CAST(:t2 AS tstzmultirange), c2.gaps = CAST(:raw AS tstzmultirange), "
+        "CAST(c1.trusted AS text), CAST(c2.trusted AS text), CAST(c2.gaps AS text) FROM c2, c1"
+    )
+    with native_timescale_db.engine.connect() as conn:
+        for case in range(60):
+            marks = {k: t0 + timedelta(minutes=rng.randrange(0, 10 * 24 * 60)) for k in "dh"}
+            invalid: dict[str, list[tuple[datetime, datetime]]] = {}
+            for k in "dh":
+                spans = []
+                for _ in range(rng.randrange(0, 3)):
+                    lo = t0 + timedelta(minutes=rng.randrange(0, 10 * 24 * 60))
+                    hi = end if rng.random() < 0.2 else lo + timedelta(minutes=rng.randrange(90))
+                    spans.append((lo, hi))
+                invalid[k] = spans
+            since = t0 + timedelta(minutes=rng.randrange(-600, 8 * 24 * 60), seconds=1.5)
+            until = end if rng.random() < 0.5 else since + timedelta(hours=rng.randrange(1, 120))
+            states = []
+            for k, width in zip("dh", widths, strict=True):
+                aligned = []
+                for lo, hi in invalid[k]:
+                    top = end if hi >= end else _floor(hi, width) + width
+                    aligned.append((_floor(lo, width), top))
+                states.append(_state(width, _floor(marks[k], width), *aligned))
+            levels, raw = cover(states, since, until)
+            params = {
+                "mark_d": marks["d"], "mark_h": marks["h"],
+                # The server's invalid ranges are the logged [lowest, greatest] values.
+                "invalid_d": "{" + ",".join(
+                    f"[{lo.isoformat()},{'infinity' if hi >= end else hi.isoformat()}]"
+                    for lo, hi in invalid["d"]) + "}",
+                "invalid_h": "{" + ",".join(
+                    f"[{lo.isoformat()},{'infinity' if hi >= end else hi.isoformat()}]"
+                    for lo, hi in invalid["h"]) + "}",
+                "since": since, "until": None if until >= end else until,
+                "rollup_1": "d", "rollup_2": "h",
+                "t1": _multirange(levels[0]), "t2": _multirange(levels[1]),
+                "raw": _multirange(raw),
+            }  # fmt: skip
+            row = conn.execute(sql, params).one()
+            assert row[:3] == (True, True, True), (case, params, row[3:])
+
+
+def _floor(instant: datetime, width: timedelta) -> datetime:
+    origin = datetime(2000, 1, 3, tzinfo=UTC)
+    return origin + ((instant - origin) // width) * width

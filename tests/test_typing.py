@@ -70,10 +70,7 @@ def _where(modules: dict[Path, list[tuple[Block, int]]], report: str) -> str:
 
 #: Pages whose examples do not type-check yet, with why (follow-ups for their owners). A page
 #: fixed meanwhile passes (the mark is not strict); remove it from here then.
-KNOWN_ISSUES: dict[str, str] = {
-    "docs/aggregates.md": "names re-bound to other types; `float | None` arithmetic; "
-    "`op.create_continuous_aggregate` unknown to Alembic's `op` stub",
-}
+KNOWN_ISSUES: dict[str, str] = {}
 _reports: dict[bool, tuple[dict[Path, list[tuple[Block, int]]], str]] = {}
 
 

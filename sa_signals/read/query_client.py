@@ -16,7 +16,7 @@ the difference (:mod:`sa_signals.read.direct`). Bad arguments raise
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
@@ -25,7 +25,7 @@ from sqlalchemy import Engine, Table, event
 from sqlalchemy.engine import URL, Dialect
 
 from ..engine import _check_driver, async_engine, is_async_engine, normalize_url, sync_engine
-from ..errors import ClientStateError, ConfigurationError, InvalidQueryError
+from ..errors import ClientStateError, ConfigurationError
 from ..schema.model import resolve_table
 from ..status import StorageStats, storage_stats
 from .direct import DirectRunner
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["AsyncSignalsQueryClient", "SignalsQueryClient"]
 
 T = TypeVar("T")
-S = TypeVar("S")
 
 
 def _engine_options(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -119,23 +118,6 @@ class _ClientQueries(SignalQueryMethods):
             self._uses_adbc = uses_adbc(self.engine)
         return self._uses_adbc
 
-    def _run_two(self, first: QueryPlan[S], then: Callable[[S], QueryPlan[T]]) -> T:
-        # One pooled connection for both (a checkout and its reset cost as much as the read).
-        try:
-            with self.engine.connect() as connection:
-                assert first.statement is not None
-                made = then(
-                    first.finish(connection.execute(first.statement, first.parameters).all())
-                )
-                if made.statement is None:
-                    return made.finish([])
-                rows = connection.execute(made.statement, made.parameters).all()
-        except InvalidQueryError:
-            raise
-        except Exception as exc:
-            raise query_error(exc, self.table) from driver_error(exc)
-        return made.finish(rows)
-
     def _has_timescale(self) -> bool:
         with self.engine.connect() as connection:
             return connection.execute(TIMESCALE_PROBE).first() is not None
@@ -199,21 +181,6 @@ class _AsyncClientQueries(AsyncSignalQueryMethods):
         if self._uses_adbc is None:
             self._uses_adbc = uses_adbc(self.engine.sync_engine)
         return self._uses_adbc
-
-    async def _run_two(self, first: QueryPlan[S], then: Callable[[S], QueryPlan[T]]) -> T:
-        try:
-            async with self.engine.connect() as connection:
-                assert first.statement is not None
-                result = await connection.execute(first.statement, first.parameters)
-                made = then(first.finish(result.all()))
-                if made.statement is None:
-                    return made.finish([])
-                rows = (await connection.execute(made.statement, made.parameters)).all()
-        except InvalidQueryError:
-            raise
-        except Exception as exc:
-            raise query_error(exc, self.table) from driver_error(exc)
-        return made.finish(rows)
 
     async def _has_timescale(self) -> bool:
         async with self.engine.connect() as connection:

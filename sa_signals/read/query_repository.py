@@ -13,7 +13,7 @@ itself raises :class:`~sa_signals.errors.QueryError` (the driver's error as ``__
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -21,6 +21,8 @@ from sqlalchemy import Connection, Engine, Table, inspect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapper, Session
 
+from ..errors import QueryError
+from ..schema.aggregates import Rollup, get_rollups
 from ..schema.model import resolve_table
 from .failures import driver_error, query_error
 from .frames import Format, Shape, check_format, convert, frame_from_result, require_pyarrow
@@ -63,10 +65,33 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-S = TypeVar("S")
 
 # Whether each database (one Engine = one database) has TimescaleDB: asked once per engine.
 _TIMESCALE: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+# The declared rollups that exist in each database (one Engine = one database), per table:
+# read from TimescaleDB's catalog on the first call, then trusted while all of them exist (a
+# rollup read that fails forgets them, so the next call asks again). A table with some
+# declared rollups missing is asked on every call, as they may be created at any time.
+_ROLLUPS: weakref.WeakKeyDictionary[Engine, dict[Table, tuple[Rollup, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _known_rollups(engine: Engine, table: Table) -> tuple[Rollup, ...] | None:
+    return _ROLLUPS.get(engine, {}).get(table)
+
+
+def _remember_rollups(engine: Engine, table: Table, states: list[RollupState]) -> list[Rollup]:
+    existing = [state.rollup for state in states]
+    if len(existing) == len(get_rollups(table)):
+        _ROLLUPS.setdefault(engine, {})[table] = tuple(existing)
+    return existing
+
+
+def _forget_rollups(engine: Engine, table: Table) -> None:
+    _ROLLUPS.get(engine, {}).pop(table, None)
 
 
 def _engine_of(bind: Engine | Connection) -> Engine:
@@ -178,27 +203,26 @@ class SignalQueryMethods:
     def _has_timescale(self) -> bool:
         return self._execute(TIMESCALE_PROBE).first() is not None
 
-    def _rollup_state_plan(self) -> QueryPlan[list[RollupState]] | None:
-        """The read of the table's rollup states, or ``None`` (no rollups, no TimescaleDB)."""
-        plan = plan_rollup_state(self.table)
-        if plan is None or self._bucket_function() != "time_bucket":
-            return None
-        return plan
-
     def _run_with_rollups(
-        self, plan: QueryPlan[T], through: Callable[[list[RollupState]], QueryPlan[T] | None]
+        self, plan: QueryPlan[T], through: Callable[[Sequence[Rollup]], QueryPlan[T] | None]
     ) -> T:
-        """Run ``plan``, or what ``through`` makes of it with the rollups' states when the
-        table has rollups in the database."""
-        state = self._rollup_state_plan()
-        if state is None:
+        """Run ``plan``, or what ``through`` makes of it with the table's rollups that exist in
+        the database (one statement: their state and the data in one snapshot)."""
+        state = plan_rollup_state(self.table)
+        if state is None or self._bucket_function() != "time_bucket":
             return self._run_plan(plan)
-        return self._run_two(state, lambda states: (through(states) if states else None) or plan)
-
-    def _run_two(self, first: QueryPlan[S], then: Callable[[S], QueryPlan[T]]) -> T:
-        """Two plans, the second made from the first's result (the clients run both on one
-        pooled connection)."""
-        return self._run_plan(then(self._run_plan(first)))
+        engine = self._query_engine()
+        rollups: Sequence[Rollup] | None = _known_rollups(engine, self.table)
+        if rollups is None:
+            rollups = _remember_rollups(engine, self.table, self._run_plan(state))
+        made = through(rollups)
+        if made is None:
+            return self._run_plan(plan)
+        try:
+            return self._run_plan(made)
+        except QueryError:
+            _forget_rollups(engine, self.table)  # e.g. a rollup dropped since
+            raise
 
     def _known_bucket_function(self) -> BucketFunction | None:
         """The bucketing function, or ``None`` until the database has been asked."""
@@ -581,27 +605,25 @@ class AsyncSignalQueryMethods:
         result = await self._execute(TIMESCALE_PROBE)
         return result.first() is not None
 
-    async def _rollup_state_plan(self) -> QueryPlan[list[RollupState]] | None:
-        """Async :meth:`SignalQueryMethods._rollup_state_plan`."""
-        plan = plan_rollup_state(self.table)
-        if plan is None or await self._bucket_function() != "time_bucket":
-            return None
-        return plan
-
     async def _run_with_rollups(
-        self, plan: QueryPlan[T], through: Callable[[list[RollupState]], QueryPlan[T] | None]
+        self, plan: QueryPlan[T], through: Callable[[Sequence[Rollup]], QueryPlan[T] | None]
     ) -> T:
         """Async :meth:`SignalQueryMethods._run_with_rollups`."""
-        state = await self._rollup_state_plan()
-        if state is None:
+        state = plan_rollup_state(self.table)
+        if state is None or await self._bucket_function() != "time_bucket":
             return await self._run_plan(plan)
-        return await self._run_two(
-            state, lambda states: (through(states) if states else None) or plan
-        )
-
-    async def _run_two(self, first: QueryPlan[S], then: Callable[[S], QueryPlan[T]]) -> T:
-        """Async :meth:`SignalQueryMethods._run_two`."""
-        return await self._run_plan(then(await self._run_plan(first)))
+        engine = self._query_engine()
+        rollups: Sequence[Rollup] | None = _known_rollups(engine, self.table)
+        if rollups is None:
+            rollups = _remember_rollups(engine, self.table, await self._run_plan(state))
+        made = through(rollups)
+        if made is None:
+            return await self._run_plan(plan)
+        try:
+            return await self._run_plan(made)
+        except QueryError:
+            _forget_rollups(engine, self.table)
+            raise
 
     def _known_bucket_function(self) -> BucketFunction | None:
         """The bucketing function, or ``None`` until the database has been asked."""

@@ -13,16 +13,27 @@ read them. The answer is the raw-table computation's, not an approximation of it
 * widest level first: the window is covered by the widest rollup's trusted buckets, the gaps by
   the next level's, and what is left (the window's partial edges, the buckets written after the
   last refresh, the invalidated ones) by the signals table itself;
-* one statement reads all the parts (``UNION ALL``); Python merges them: counts and extremes
-  directly, means and standard deviations with Chan et al.'s formula over per-part
-  ``(count, mean, M2)`` in two magnitude groups, as the raw-table queries do (nothing overflows).
+* one statement does all of it. Its first CTEs read the watermarks
+  (``_timescaledb_catalog.continuous_aggs_watermark``, in the statement's snapshot) and the
+  pending invalidations (``_timescaledb_catalog.continuous_aggs_*_invalidation_log``) and
+  derive the ranges as multiranges (:func:`cover_ctes`, the SQL form of :func:`cover`); the
+  rest reads each range
+  (a ``LATERAL`` index scan per range, rollups and signals table ``UNION ALL``). Catalog and
+  data come from one snapshot: a write, replay or refresh committed meanwhile is seen entirely or
+  not at all. The SQL text depends only on the table and its rollups, so prepared statements
+  and PostgreSQL's cached generic plans serve repeated calls (planning the statement costs
+  more than running it);
+* Python merges the rows: counts and extremes directly, means and standard deviations with
+  Chan et al.'s formula over per-part ``(count, mean, M2)`` in two magnitude groups, as the
+  raw-table queries do (nothing overflows).
 
-The watermark and the invalidation ranges are read from TimescaleDB's catalog
-(``_timescaledb_functions.cagg_watermark``, ``_timescaledb_catalog.continuous_aggs_*``) in one
-small statement before the query. A write committed between the two statements can make that one
-call mix the states before and after it for the buckets it touched, as any two reads would.
+Which declared rollups exist is read once per engine (:func:`plan_rollup_state`, by the
+repositories): the statement can only name views that exist.
 """
 
+# The SQL below is built from identifiers quoted by the dialect (tables, columns) and
+# interval literals of validated widths; every value is a bound parameter.
+# ruff: noqa: S608
 from __future__ import annotations
 
 import math
@@ -38,21 +49,14 @@ from sqlalchemy import (
     Float,
     Table,
     Text,
-    and_,
     bindparam,
-    cast,
     column,
-    func,
-    literal,
-    or_,
-    select,
     text,
-    union_all,
 )
 from sqlalchemy import Interval as SQLInterval
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import Executable
-from sqlalchemy.sql.elements import ColumnElement
 
 from ..schema.aggregates import (
     ROLLUP_LARGE_VALUE,
@@ -61,6 +65,7 @@ from ..schema.aggregates import (
     combine_moments,
     get_rollups,
 )
+from ..schema.options import get_timescale_options
 from .queries import (
     BUCKET_ORIGIN,
     SCALE_UP,
@@ -160,7 +165,10 @@ def _ceil(instant: datetime, width: timedelta) -> datetime | None:
 
 
 def plan_rollup_state(table: Table) -> QueryPlan[list[RollupState]] | None:
-    """The state of ``table``'s rollups that exist in the database (``None``: it has none)."""
+    """The state of ``table``'s rollups that exist in the database (``None``: it has none).
+
+    The repositories run it to learn which rollups exist (once per engine while all do); the
+    reads themselves read the state inside their own statement (:func:`cover_ctes`)."""
     rollups = get_rollups(table)
     if not rollups:
         return None
@@ -217,7 +225,10 @@ def cover(
     states: Sequence[RollupState], start: datetime, end: datetime
 ) -> tuple[list[list[Interval]], list[Interval]]:
     """Split ``[start, end)`` into trusted bucket ranges per level (``states`` widest first)
-    and what is left for the signals table."""
+    and what is left for the signals table.
+
+    The reference for :func:`cover_ctes`, which does the same on the server inside each rollup
+    read (the tests compare both on random states)."""
     gaps: list[Interval] = [(start, end)]
     levels: list[list[Interval]] = []
     for state in states:
@@ -242,154 +253,250 @@ def cover(
     return levels, gaps
 
 
-#: The shape of one read: the rollup views used and how many ranges each part has (the last
-#: range of the raw part is open-ended when the window has no end).
-Shape = tuple[tuple[Table, ...], tuple[int, ...], bool]
+_PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 
+#: TimescaleDB's internal time (microseconds since 1970) as timestamptz; its extremes (the
+#: open ends of invalidation ranges, "nothing materialized") as -infinity / infinity.
+_TIME = (
+    "(CASE WHEN {0} < -210866803200000000 THEN '-infinity'::timestamptz "
+    "WHEN {0} >= 9223371331200000000 THEN 'infinity'::timestamptz "
+    "ELSE _timescaledb_functions.to_timestamp({0}) END)"
+)
 
-def _bounds(prefix: str, intervals: Sequence[Interval], params: dict[str, Any]) -> bool:
-    """Put the ranges' bounds in ``params``; whether the last one is open-ended."""
-    open_end = bool(intervals) and intervals[-1][1] >= _END
-    for index, (lo, hi) in enumerate(intervals):
-        params[f"{prefix}_lo_{index}"] = lo
-        if not (open_end and index == len(intervals) - 1):
-            params[f"{prefix}_hi_{index}"] = hi
-    return open_end
-
-
-def _in_ranges(
-    target: ColumnElement[Any], prefix: str, count: int, open_end: bool = False
-) -> ColumnElement[bool]:
-    # Plain range predicates ORed (not a join with unnest()): the planner sees them, so the
-    # index ranges and TimescaleDB's chunk exclusion apply to each.
-    kind = DateTime(timezone=True)
-    ranges = []
-    for index in range(count):
-        low = target >= bindparam(f"{prefix}_lo_{index}", type_=kind)
-        if open_end and index == count - 1:
-            ranges.append(low)
-        else:
-            ranges.append(and_(low, target < bindparam(f"{prefix}_hi_{index}", type_=kind)))
-    return or_(*ranges)
-
-
-def _magnitudes(value: ColumnElement[Any]) -> tuple[Any, Any, Any]:
-    limit = literal(ROLLUP_LARGE_VALUE, Float())
-    scaled = value * literal(ROLLUP_SCALE_DOWN, Float())
-    return func.abs(value) <= limit, func.abs(value) > limit, scaled
-
-
-def _series(table: Any, *, name: bool = True) -> list[ColumnElement[bool]]:
-    c = table.c
-    where = [c.provider == bindparam("provider"), c.symbol == bindparam("symbol")]
-    if name:
-        where.append(c.name == bindparam("name"))
-    return where
-
-
-@lru_cache(maxsize=256)
-def _summary_statement(table: Table, shape: Shape) -> Executable:
-    views, counts, open_end = shape
-    parts = []
-    for index, view in enumerate(views):
-        v = view.c
-        parts.append(
-            select(
-                v.symbol,
-                v.name,
-                cast(v.signal_count, BigInteger).label("n"),
-                v.first_ts.label("first_ts"),
-                v.last_ts.label("last_ts"),
-            ).where(
-                v.provider == bindparam("provider"),
-                _in_ranges(v.bucket, f"l{index}", counts[index]),
-            )
-        )
-    c = table.c
-    if counts[-1]:
-        parts.append(
-            select(c.symbol, c.name, func.count(), func.min(c.ts), func.max(c.ts))
-            .where(
-                c.provider == bindparam("provider"),
-                _in_ranges(c.ts, "raw", counts[-1], open_end),
-            )
-            .group_by(c.symbol, c.name)
-        )
-    p = union_all(*parts).subquery("parts").c
-    return select(
-        func.sum(p.n),
-        func.count(p.symbol.distinct()),
-        func.count(p.name.distinct()),
-        func.max(p.last_ts),
-        func.min(p.first_ts),
-    )
-
-
-_MOMENT_KEYS = (
-    "signal_count",
-    "min_value",
-    "max_value",
-    "mean_value",
-    "m2_value",
-    "large_count",
-    "large_mean",
-    "large_m2",
-    "last_value",
-    "last_ts",
-    "first_ts",
+#: The rollups' state as the statement's own snapshot sees it: per aggregate, its watermark and
+#: the union of its pending invalidation ranges (raw hypertable's log and its own).
+_STATE_CTE = (
+    "state AS MATERIALIZED (SELECT ca.user_view_name AS view_name, "
+    # The watermark's catalog row, read by SQL in the statement's own snapshot, rather than
+    # cagg_watermark(): that reads it through TimescaleDB's internal scanner, whose snapshot is
+    # not documented to be the statement's (a newer one could vouch for buckets that a refresh
+    # committed after the statement began, which this snapshot sees unrefreshed).
+    "(SELECT " + _TIME.format("z.watermark") + " FROM "
+    "_timescaledb_catalog.continuous_aggs_watermark AS z "
+    "WHERE z.mat_hypertable_id = ca.mat_hypertable_id) AS mark, "
+    "(SELECT range_agg(tstzrange("
+    + _TIME.format("p.lo")
+    + ", "
+    + _TIME.format("p.hi")
+    + ", '[]')) "
+    "FROM (SELECT h.lowest_modified_value AS lo, h.greatest_modified_value AS hi "
+    "FROM _timescaledb_catalog.continuous_aggs_hypertable_invalidation_log AS h "
+    "WHERE h.hypertable_id = ca.raw_hypertable_id "
+    "UNION ALL SELECT m.lowest_modified_value, m.greatest_modified_value "
+    "FROM _timescaledb_catalog.continuous_aggs_materialization_invalidation_log AS m "
+    "WHERE m.materialization_id = ca.mat_hypertable_id) AS p) AS invalid "
+    "FROM _timescaledb_catalog.continuous_agg AS ca "
+    "WHERE ca.user_view_schema = COALESCE(CAST(:rollup_schema AS text), current_schema()) "
+    "AND ca.user_view_name = ANY(CAST(:rollup_names AS text[])))"
 )
 
 
-def _raw_moments(table: Table, bucket: ColumnElement[Any] | None) -> list[Any]:
-    c = table.c
-    small, large, scaled = _magnitudes(c.value)
-    columns: list[Any] = [] if bucket is None else [bucket]
-    return [
-        *columns,
-        func.count(),
-        func.min(c.value),
-        func.max(c.value),
-        func.avg(c.value).filter(small),
-        func.var_pop(c.value).filter(small) * func.count().filter(small),
-        func.count().filter(large),
-        func.avg(scaled).filter(large),
-        func.var_pop(scaled).filter(large) * func.count().filter(large),
-        func.array_agg(aggregate_order_by(c.value, c.ts.desc()))[1],
-        func.max(c.ts),
-        func.min(c.ts),
+def _interval(width: timedelta) -> str:
+    return f"CAST('{int(width.total_seconds())} seconds' AS interval)"
+
+
+def _level_cte(index: int, width: timedelta, state: str) -> str:
+    """``c{index}``: the level's trusted bucket ranges within the gaps the wider levels left
+    (whole buckets, below the watermark, outside pending invalidations) and the gaps left."""
+    w = _interval(width)
+    return (
+        f"c{index} AS MATERIALIZED (SELECT t.trusted, g.gaps - t.trusted AS gaps "
+        f"FROM c{index - 1} AS g CROSS JOIN LATERAL (SELECT "
+        "COALESCE((SELECT range_agg(tstzrange(x.a, x.b)) FROM unnest(g.gaps) AS r "
+        f"CROSS JOIN LATERAL (SELECT time_bucket({w}, lower(r) - CAST('1 microsecond' AS "
+        f"interval)) + {w} AS a, least(time_bucket({w}, upper(r)), "
+        f"COALESCE(time_bucket({w}, s.mark), '-infinity'::timestamptz)) AS b) AS x "
+        "WHERE x.a < x.b), '{}'::tstzmultirange) - COALESCE((SELECT "
+        f"range_agg(tstzrange(time_bucket({w}, lower(i)), time_bucket({w}, upper(i)) + {w})) "
+        "FROM unnest(s.invalid) AS i), '{}'::tstzmultirange) AS trusted "
+        f"FROM (SELECT 1) AS one LEFT JOIN {state} AS s ON s.view_name = :rollup_{index}"
+        ") AS t)"
+    )
+
+
+def cover_ctes(widths: Sequence[timedelta], state: str = "state") -> str:
+    """The CTEs ``c0`` (the window ``[:since, :until)``, ``:until`` ``NULL``: open) to ``c{n}``
+    that split the window among the levels (``widths`` widest first; level ``k`` reads row
+    ``:rollup_{k}`` of ``state``): ``c{k}.trusted`` is what level ``k`` answers,
+    ``c{n}.gaps`` what is left for the signals table."""
+    parts = [
+        "c0 AS MATERIALIZED (SELECT tstzmultirange(tstzrange("
+        "CAST(:since AS timestamptz), COALESCE(CAST(:until AS timestamptz), "
+        "'infinity'::timestamptz))) AS gaps)"
     ]
+    parts += [_level_cte(k, width, state) for k, width in enumerate(widths, start=1)]
+    return ", ".join(parts)
+
+
+def _q(name: str) -> str:
+    return str(_PREPARER.quote(name))
+
+
+def _relation(table: Table) -> str:
+    return str(_PREPARER.format_table(table))
+
+
+def _ranges(source: str, field: str) -> str:
+    # An array, not the multirange itself: the planner then expects 10 ranges, not 100.
+    return f"CROSS JOIN LATERAL unnest(ARRAY(SELECT unnest({source}.{field}))) AS r "
+
+
+#: True for every range of a multirange (never empty, bounds never NULL here: every bound is the
+#: window's, a bucket boundary or a logged time), but the planner cannot know it and expects
+#: about one range instead of 10: without it the estimated cost of a summary over the signals
+#: table's ranges passes ``jit_above_cost`` and JIT compilation costs 100 ms per call.
+_FEW = " WHERE lower(r) < upper(r) AND upper(r) > lower(r)"
+
+
+def _in_range(column: str) -> str:
+    return f"{column} >= lower(r) AND {column} < upper(r)"
+
+
+def _where_series(alias: str, table: Table, name: bool = True) -> str:
+    c = table.c
+    where = [
+        f"{alias}.{_q(c.provider.name)} = :provider",
+        f"{alias}.{_q(c.symbol.name)} = :symbol",
+    ]
+    if name:
+        where.append(f"{alias}.{_q(c.name.name)} = :name")
+    return " AND ".join(where)
+
+
+def _time_name(table: Table) -> str:
+    options = get_timescale_options(table)
+    return options.time_column if options is not None else "ts"
+
+
+def _summary_sql(table: Table, levels: tuple[Rollup, ...]) -> str:
+    c = table.c
+    symbol, name = _q(c.symbol.name), _q(c.name.name)
+    ts = f"v.{_q(_time_name(table))}"
+    parts = []
+    for k, rollup in enumerate(levels, start=1):
+        parts.append(
+            f"SELECT s.symbol, s.name, s.n, s.first_ts, s.last_ts FROM c{k} "
+            + _ranges(f"c{k}", "trusted")
+            + f"CROSS JOIN LATERAL (SELECT v.symbol, v.name, CAST(v.signal_count AS bigint) AS n, "
+            f"v.first_ts, v.last_ts FROM {_relation(rollup.aggregate.table)} AS v "
+            f"WHERE v.provider = :provider AND {_in_range('v.bucket')} OFFSET 0) AS s{_FEW}"
+        )
+    last = len(levels)
+    parts.append(
+        f"SELECT s.symbol, s.name, s.n, s.first_ts, s.last_ts FROM c{last} "
+        + _ranges(f"c{last}", "gaps")
+        + f"CROSS JOIN LATERAL (SELECT v.{symbol} AS symbol, v.{name} AS name, count(*) AS n, "
+        f"min({ts}) AS first_ts, max({ts}) AS last_ts FROM {_relation(table)} AS v "
+        f"WHERE v.{_q(c.provider.name)} = :provider AND {_in_range(ts)} "
+        f"GROUP BY v.{symbol}, v.{name}) AS s{_FEW}"
+    )
+    return (
+        "SELECT CAST(sum(p.n) AS bigint), count(DISTINCT p.symbol), count(DISTINCT p.name), "
+        "max(p.last_ts), min(p.first_ts) FROM (" + " UNION ALL ".join(parts) + ") AS p"
+    )
+
+
+_ROLLUP_MOMENTS = (
+    "CAST(v.signal_count AS bigint), v.min_value, v.max_value, v.mean_value, v.m2_value, "
+    "CAST(v.large_count AS bigint), v.large_mean, v.large_m2, v.last_value, v.last_ts, "
+    "v.first_ts"
+)
+_NAMES = "n, lo, hi, mean, m2, large_n, large_mean, large_m2, last, last_ts, first_ts"
+_OUT = ", ".join(f"s.{name}" for name in _NAMES.split(", "))
+
+
+def _moments_sql(table: Table, levels: tuple[Rollup, ...], bucketed: bool) -> str:
+    ts = f"v.{_q(_time_name(table))}"
+    value = f"v.{_q(table.c.value.name)}"
+    small = f"abs({value}) <= :large_value"
+    large = f"abs({value}) > :large_value"
+    scaled = f"{value} * :scale_down"
+    key = "s.bucket, " if bucketed else ""
+    parts = []
+    for k, rollup in enumerate(levels, start=1):
+        parts.append(
+            f"SELECT {key}{_OUT} FROM c{k} " + _ranges(f"c{k}", "trusted")
+            + "CROSS JOIN LATERAL (SELECT "
+            + ("v.bucket, " if bucketed else "")
+            + f"{_ROLLUP_MOMENTS} FROM {_relation(rollup.aggregate.table)} AS v "
+            f"WHERE v.provider = :provider AND v.symbol = :symbol AND v.name = :name "
+            f"AND {_in_range('v.bucket')} OFFSET 0) AS s({'bucket, ' if bucketed else ''}{_NAMES})"
+            + _FEW
+        )  # fmt: skip
+    bucket = f"time_bucket(CAST(:bucket AS interval), {ts}, CAST(:origin AS timestamptz))"
+    last = len(levels)
+    parts.append(
+        f"SELECT {key}{_OUT} FROM c{last} " + _ranges(f"c{last}", "gaps")
+        + "CROSS JOIN LATERAL (SELECT "
+        + (f"{bucket}, " if bucketed else "")
+        + f"count(*), min({value}), max({value}), avg({value}) FILTER (WHERE {small}), "
+        f"var_pop({value}) FILTER (WHERE {small}) * count(*) FILTER (WHERE {small}), "
+        f"count(*) FILTER (WHERE {large}), avg({scaled}) FILTER (WHERE {large}), "
+        f"var_pop({scaled}) FILTER (WHERE {large}) * count(*) FILTER (WHERE {large}), "
+        f"(array_agg({value} ORDER BY {ts} DESC))[1], max({ts}), min({ts}) "
+        f"FROM {_relation(table)} AS v WHERE {_where_series('v', table)} AND {_in_range(ts)}"
+        + (f" GROUP BY {bucket}" if bucketed else "")
+        + f") AS s({'bucket, ' if bucketed else ''}{_NAMES}){_FEW}"
+    )  # fmt: skip
+    return " UNION ALL ".join(parts)
+
+
+_TZ = DateTime(timezone=True)
+_MOMENT_COLUMNS = (
+    ("n", BigInteger()),
+    ("lo", Float()),
+    ("hi", Float()),
+    ("mean", Float()),
+    ("m2", Float()),
+    ("large_n", BigInteger()),
+    ("large_mean", Float()),
+    ("large_m2", Float()),
+    ("last", Float()),
+    ("last_ts", _TZ),
+    ("first_ts", _TZ),
+)
+
+
+def _binds(statement: Any, *, moments: bool = False, bucketed: bool = False) -> Any:
+    binds = [
+        bindparam("since", type_=_TZ),
+        bindparam("until", type_=_TZ),
+        bindparam("rollup_schema", type_=Text()),
+        bindparam("rollup_names", type_=ARRAY(Text())),
+    ]
+    if moments:
+        binds += [
+            bindparam("large_value", type_=Float()),
+            bindparam("scale_down", type_=Float()),
+        ]
+    if bucketed:
+        binds += [bindparam("bucket", type_=SQLInterval()), bindparam("origin", type_=_TZ)]
+    return statement.bindparams(*binds)
 
 
 @lru_cache(maxsize=256)
-def _moments_statement(table: Table, shape: Shape, bucketed: bool) -> Executable:
-    views, counts, open_end = shape
-    parts = []
-    for index, view in enumerate(views):
-        v = view.c
-        keys = [v.bucket] if bucketed else []
-        parts.append(
-            select(
-                *keys,
-                cast(v.signal_count, BigInteger),
-                *(v[key] for key in _MOMENT_KEYS[1:5]),
-                cast(v.large_count, BigInteger),
-                *(v[key] for key in _MOMENT_KEYS[6:]),
-            ).where(*_series(view), _in_ranges(v.bucket, f"l{index}", counts[index]))
-        )
-    c = table.c
-    bucket = None
+def _summary_statement(table: Table, levels: tuple[Rollup, ...]) -> Executable:
+    widths = [rollup.width for rollup in levels]
+    sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)} {_summary_sql(table, levels)}"
+    statement = _binds(text(sql)).columns(
+        column("total", BigInteger()),
+        column("symbols", BigInteger()),
+        column("names", BigInteger()),
+        column("latest", _TZ),
+        column("earliest", _TZ),
+    )
+    return statement  # type: ignore[no-any-return]
+
+
+@lru_cache(maxsize=256)
+def _moments_statement(table: Table, levels: tuple[Rollup, ...], bucketed: bool) -> Executable:
+    widths = [rollup.width for rollup in levels]
+    sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)} {_moments_sql(table, levels, bucketed)}"
+    columns = [column(name, kind) for name, kind in _MOMENT_COLUMNS]
     if bucketed:
-        stride = cast(bindparam("bucket", type_=SQLInterval()), SQLInterval())
-        origin = cast(bindparam("origin", type_=DateTime(timezone=True)), DateTime(timezone=True))
-        bucket = func.time_bucket(stride, c.ts, origin)
-    if counts[-1]:
-        raw = select(*_raw_moments(table, bucket)).where(
-            *_series(table), _in_ranges(c.ts, "raw", counts[-1], open_end)
-        )
-        if bucket is not None:
-            raw = raw.group_by(bucket)
-        parts.append(raw)
-    return union_all(*parts)
+        columns.insert(0, column("bucket", _TZ))
+    statement = _binds(text(sql), moments=True, bucketed=bucketed).columns(*columns)
+    return statement  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- merging
@@ -512,72 +619,73 @@ def _finish_buckets(width: timedelta) -> Any:
 # --------------------------------------------------------------------------- plans
 
 
-def _level_params(
-    states: Sequence[RollupState], start: datetime, end: datetime
-) -> tuple[Shape, dict[str, Any]] | None:
-    levels, raw = cover(states, start, end)
-    views: list[Table] = []
-    counts: list[int] = []
-    params: dict[str, Any] = {}
-    for state, spans in zip(states, levels, strict=True):
-        if not spans:
-            continue
-        _bounds(f"l{len(views)}", spans, params)
-        views.append(state.rollup.aggregate.table)
-        counts.append(len(spans))
-    if not views:
-        return None  # no complete trusted bucket in the window: the raw query is as good
-    open_end = _bounds("raw", raw, params)
-    return (tuple(views), (*counts, len(raw)), open_end), params
+def _levels(rollups: Sequence[Rollup]) -> tuple[Rollup, ...]:
+    return tuple(sorted(rollups, key=lambda rollup: rollup.width, reverse=True))
+
+
+def _state_params(levels: tuple[Rollup, ...], params: dict[str, Any]) -> dict[str, Any]:
+    params["rollup_schema"] = levels[0].aggregate.schema
+    params["rollup_names"] = [rollup.aggregate.name for rollup in levels]
+    for k, rollup in enumerate(levels, start=1):
+        params[f"rollup_{k}"] = rollup.aggregate.name
+    return params
 
 
 def plan_summary_rollup(
-    table: Table, states: Sequence[RollupState], base: QueryPlan[SignalSummary]
+    table: Table, rollups: Sequence[Rollup], base: QueryPlan[SignalSummary]
 ) -> QueryPlan[SignalSummary] | None:
-    """``get_signal_summary`` through the rollups (``base`` is the raw plan, already checked);
-    ``None`` when no rollup bucket fits the window."""
-    found = _level_params(states, base.parameters["since"], _END)
-    if found is None:
+    """``get_signal_summary`` through ``rollups`` (those that exist in the database; ``base``
+    is the raw plan, already checked): one statement that reads the rollups' state and the
+    data in the same snapshot; ``None`` without rollups."""
+    if not rollups:
         return None
-    shape, params = found
-    params["provider"] = base.parameters["provider"]
-    return QueryPlan(_summary_statement(table, shape), params, base.finish)
+    levels = _levels(rollups)
+    params = {
+        "since": base.parameters["since"],
+        "until": None,
+        "provider": base.parameters["provider"],
+    }
+    return QueryPlan(_summary_statement(table, levels), _state_params(levels, params), base.finish)
+
+
+def _moments_params(levels: tuple[Rollup, ...], base: QueryPlan[Any]) -> dict[str, Any]:
+    params = {key: base.parameters[key] for key in ("provider", "symbol", "name")}
+    params["large_value"] = ROLLUP_LARGE_VALUE
+    params["scale_down"] = ROLLUP_SCALE_DOWN
+    return _state_params(levels, params)
 
 
 def plan_metrics_rollup(
-    table: Table, states: Sequence[RollupState], base: QueryPlan[SignalMetrics]
+    table: Table, rollups: Sequence[Rollup], base: QueryPlan[SignalMetrics]
 ) -> QueryPlan[SignalMetrics] | None:
     """``get_signal_metrics`` through the rollups, or ``None`` (see :func:`plan_summary_rollup`)."""
-    found = _level_params(states, base.parameters["since"], _END)
-    if found is None:
+    if not rollups:
         return None
-    shape, params = found
-    for key in ("provider", "symbol", "name"):
-        params[key] = base.parameters[key]
-    return QueryPlan(_moments_statement(table, shape, False), params, _finish_metrics)
+    levels = _levels(rollups)
+    params = _moments_params(levels, base)
+    params["since"], params["until"] = base.parameters["since"], None
+    return QueryPlan(_moments_statement(table, levels, False), params, _finish_metrics)
 
 
 def plan_buckets_rollup(
-    table: Table, states: Sequence[RollupState], base: QueryPlan[list[SignalBucket]]
+    table: Table, rollups: Sequence[Rollup], base: QueryPlan[list[SignalBucket]]
 ) -> QueryPlan[list[SignalBucket]] | None:
     """``get_signal_buckets`` through the rollups whose width divides the bucket's, or ``None``.
 
     ``base`` must be the ``time_bucket`` raw plan (it carries ``bucket`` and ``origin``).
     """
     width: timedelta = base.parameters["bucket"]
-    usable = [state for state in states if width % state.width == timedelta(0)]
+    usable = [rollup for rollup in rollups if width % rollup.width == timedelta(0)]
     if not usable:
         return None
     start: datetime = base.parameters["start_ts"]
     end: datetime = base.parameters["end_ts"]
     if end < start:
         return None
+    levels = _levels(usable)
+    params = _moments_params(levels, base)
     # The raw window is start <= ts <= end: end is inclusive.
-    stop = _END if end >= _END - _US else end + _US
-    found = _level_params(usable, start, stop)
-    if found is None:
-        return None
-    shape, params = found
-    for key in ("provider", "symbol", "name", "bucket", "origin"):
-        params[key] = base.parameters[key]
-    return QueryPlan(_moments_statement(table, shape, True), params, _finish_buckets(width))
+    params["since"] = start
+    params["until"] = None if end >= _END - _US else end + _US
+    params["bucket"], params["origin"] = width, base.parameters["origin"]
+    return QueryPlan(_moments_statement(table, levels, True), params, _finish_buckets(width))
