@@ -342,6 +342,11 @@ def test_status_without_url_reads_the_demo_default(tmp_path: Path) -> None:
 def test_status_on_a_missing_sqlite_file_fails_without_creating_it(tmp_path: Path) -> None:
     _one_line_error(cli("status", "--url", "sqlite:///missing.sqlite", cwd=tmp_path), "missing")
     _one_line_error(cli("status", cwd=tmp_path), "sa-signals demo")
+    # No advice to run init where init cannot create the file either.
+    _one_line_error(
+        cli("status", "--url", "sqlite:///no_dir/x.sqlite", cwd=tmp_path),
+        "the directory no_dir does not exist",
+    )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -70,6 +70,9 @@ def _read_only(url: URL, given: str) -> URL:
     path = _sqlite_path(url) if url.get_backend_name() == "sqlite" else None
     if path is None:
         return url
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise CommandError(f"no SQLite database at {path}: the directory {folder} does not exist")
     if not Path(path).is_file():
         raise CommandError(
             f"no SQLite database at {path}; create one with: "
