@@ -391,6 +391,7 @@ def _database(request: pytest.FixtureRequest, tier: str) -> Iterator[Database]:
         yield from _pg_database(request.getfixturevalue("citus_url"), tier)
     else:
         server: TimescaleServer = request.getfixturevalue("timescale")
+        server.check()
         yield from _pg_database(server.url, tier, server.pglite)
 
 

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,8 @@ class TimescaleServer:
 
     url: URL
     pglite: bool
+    #: Raises when the server is gone (PGlite: its process exited), with its last words.
+    check: Callable[[], None] = lambda: None
 
 
 def psycopg_url(url: str) -> URL:
@@ -129,7 +131,7 @@ def _npm_install() -> None:
 
 
 @contextlib.contextmanager
-def _pglite_timescale() -> Iterator[URL]:
+def _pglite_timescale() -> Iterator[tuple[URL, Callable[[], None]]]:
     node = shutil.which("node")
     if node is None:
         raise Unavailable(
@@ -164,7 +166,7 @@ def _pglite_timescale() -> Iterator[URL]:
             port=port,
             database="postgres",
             query={"sslmode": "disable"},
-        )
+        ), lambda: _alive(process, Path(log.name))
     finally:
         process.terminate()
         try:
@@ -186,8 +188,19 @@ def timescale_server() -> Iterator[TimescaleServer]:
         with _container("timescale/timescaledb:latest-pg17") as url:
             yield TimescaleServer(url, pglite=False)
         return
-    with _pglite_timescale() as url:
-        yield TimescaleServer(url, pglite=True)
+    with _pglite_timescale() as (url, check):
+        yield TimescaleServer(url, pglite=True, check=check)
+
+
+def _alive(process: subprocess.Popen[bytes], log: Path) -> None:
+    """Fail the test at once, with the server's last output, when the PGlite process has died
+    (a crash in an earlier test would otherwise show as "connection refused" in every later one).
+    """
+    if process.poll() is not None:
+        raise RuntimeError(
+            f"the PGlite TimescaleDB server exited (code {process.returncode}) during an earlier "
+            f"test; its last output:\n{log.read_text(errors='replace')[-2000:]}"
+        )
 
 
 def citus_server() -> URL:
