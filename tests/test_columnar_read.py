@@ -183,7 +183,15 @@ async def test_the_async_client_reads_arrow_with_a_url_that_names_ssl(
     # and parameters libpq does not know are left out (it refuses them).
     seed(postgres_db)
     asyncpg_only = {"ssl": "disable", "prepared_statement_cache_size": "100"}
-    for query in ({"ssl": "disable"}, {"sslmode": "disable"}, asyncpg_only):
+    # libpq keywords in the query are kept (a socket directory in host=, as embedded servers
+    # and Unix-socket deployments give it).
+    url = postgres_db.async_url
+    libpq_host = (
+        {"host": str(url.query["host"])}  # already a socket directory (embedded server)
+        if "host" in url.query
+        else {"host": url.host or "", "port": str(url.port or 5432)}
+    )
+    for query in ({"ssl": "disable"}, {"sslmode": "disable"}, asyncpg_only, libpq_host):
         url = postgres_db.async_url.update_query_dict(query)
         async with AsyncSignalsQueryClient(url, table=postgres_db.table) as client:
             dicts = await client.get_signals_history("ibkr_primary", "SPY", START)

@@ -152,32 +152,20 @@ def _positional(statement: Executable, parameters: dict[str, Any]) -> tuple[str,
     return compiled.string, [values[name] for name in order]
 
 
-#: Query parameters of a SQLAlchemy URL that libpq reads (ADBC passes the URI to libpq, which
-#: refuses any other); asyncpg's ``ssl`` is libpq's ``sslmode`` (same values).
+#: libpq's connection keywords (PostgreSQL 17's list): a SQLAlchemy URL's query may carry
+#: them (``host=/run/postgresql`` for a socket directory, ``sslmode``, ...) and ADBC hands the
+#: URI to libpq, which refuses any other key (a driver's own, such as asyncpg's
+#: ``prepared_statement_cache_size``). asyncpg's ``ssl`` is libpq's ``sslmode`` (same values).
 _LIBPQ_PARAMETERS = frozenset(
-    (
-        "application_name",
-        "channel_binding",
-        "client_encoding",
-        "connect_timeout",
-        "gssencmode",
-        "keepalives",
-        "keepalives_count",
-        "keepalives_idle",
-        "keepalives_interval",
-        "options",
-        "passfile",
-        "requirepeer",
-        "sslcert",
-        "sslcompression",
-        "sslcrl",
-        "sslkey",
-        "sslmode",
-        "sslpassword",
-        "sslrootcert",
-        "target_session_attrs",
-        "tcp_user_timeout",
-    )
+    """
+    host hostaddr port dbname user password passfile require_auth channel_binding
+    connect_timeout client_encoding options application_name fallback_application_name
+    keepalives keepalives_idle keepalives_interval keepalives_count tcp_user_timeout
+    replication gssencmode sslmode sslnegotiation requiressl sslcompression sslcert sslkey
+    sslpassword sslcertmode sslrootcert sslcrl sslcrldir sslsni requirepeer
+    ssl_min_protocol_version ssl_max_protocol_version krbsrvname gsslib gssdelegation
+    service target_session_attrs load_balance_hosts
+    """.split()
 )
 
 
