@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -92,19 +93,32 @@ def _deadlocks(engine: Engine) -> int:
         )
 
 
-def _wait_for_backends_to_exit(engine: Engine, application: str) -> None:
+def _wait_for_backends_to_exit(
+    engine: Engine, application: str, failures: list[BaseException]
+) -> None:
     # Backends report their statistics when they exit: wait for that (bounded, so that a
-    # client that kept its connections fails here instead of hanging).
+    # client that kept its connections fails here instead of hanging; generous, because on a
+    # loaded 2-core machine backends were seen taking over 10 s to go).
+    deadline = time.monotonic() + 60
     with engine.connect() as conn:
-        for _ in range(1000):
-            left = conn.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :app"),
+        while True:
+            states = conn.execute(
+                text(
+                    "SELECT state, wait_event_type, wait_event, left(query, 60) "
+                    "FROM pg_stat_activity WHERE application_name = :app"
+                ),
                 {"app": application},
-            ).scalar_one()
-            if not left:
+            ).all()
+            if not states:
                 return
-            conn.execute(text("SELECT pg_sleep(0.01)"))
-    raise AssertionError(f"{left} connections of the writers are still open")
+            if time.monotonic() > deadline:
+                break
+            conn.execute(text("SELECT pg_sleep(0.05)"))
+    # A failed call's exception keeps its connection alive: show the failures too.
+    raise AssertionError(
+        f"{len(states)} connections of the writers are still open after 60 s: {states}; "
+        f"failed calls: {failures[:3]!r}"
+    )
 
 
 def _held(engine: Engine) -> dict[tuple[str, object], float]:
@@ -154,7 +168,7 @@ def test_threads_sharing_one_client_never_deadlock(
         for thread in threads:
             thread.join()
     client.close()
-    _wait_for_backends_to_exit(engine, application)
+    _wait_for_backends_to_exit(engine, application, failures)
     _check(engine, failures, before)
 
 
@@ -187,5 +201,5 @@ async def test_gathered_calls_on_one_async_client_never_deadlock(
     async with client:
         await asyncio.gather(*(run(writer) for writer in range(WRITERS)))
     await client.aclose()
-    _wait_for_backends_to_exit(engine, application)
+    _wait_for_backends_to_exit(engine, application, failures)
     _check(engine, failures, before)
