@@ -97,10 +97,11 @@ def _wait_for_backends_to_exit(
     engine: Engine, application: str, failures: list[BaseException]
 ) -> None:
     # Backends report their statistics when they exit: wait for that (bounded, so that a
-    # client that kept its connections fails here instead of hanging; generous, because on a
-    # loaded 2-core machine backends were seen taking over 10 s to go).
+    # client that kept its connections fails here instead of hanging). Autocommit: within one
+    # transaction PostgreSQL answers pg_stat_activity from the snapshot taken at its first read,
+    # so a poll that began while the backends were exiting saw them "open" forever.
     deadline = time.monotonic() + 60
-    with engine.connect() as conn:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         while True:
             states = conn.execute(
                 text(
