@@ -556,3 +556,41 @@ def test_a_frame_is_counted_by_the_metrics_as_objects_are(db: Database) -> None:
     assert registry.get_sample_value(written, {"method": method, "status": "success"}) == 40
     # A failed call counts what it was given (the frame's length).
     assert registry.get_sample_value(written, {"method": "UPSERT", "status": "failure"}) == 40
+
+
+def test_appended_objects_store_their_metadata_as_the_merge_does(pg_db: Database) -> None:
+    """The append COPY sends the metadata as jsonb's binary form: the same documents as the
+    merge stores, non-ASCII, escapes, nesting and missing metadata included."""
+    if pg_db.pglite:
+        pytest.skip("no COPY on the WebAssembly TimescaleDB server")
+    documents: list[dict[str, Any] | None] = [
+        None,
+        {"note": "é→✓ 😀", "quote": 'a"b\\c', "tab": "\t"},
+        {"nested": {"list": [1, 2.5, None, True], "empty": {}}},
+        {},
+    ]
+    # Two symbols taking turns: not in write order, so sorted before the COPY.
+    batch = [
+        signal(i, symbol="spy" if i % 2 else "qqq", metadata=documents[i % 4]) for i in range(40)
+    ]
+    with sync_client(pg_db, batch_threshold=10) as client:
+        first = client.upsert(batch)
+        again = client.upsert(batch)
+    assert first.methods == ("COPY", "APPEND") and counts(first) == (40, 40, 0, 0)
+    assert counts(again) == (40, 0, 0, 40)
+    assert stored(pg_db) == expected(batch)
+
+
+def test_a_merged_frame_into_an_empty_range_counts_as_the_objects_do(db: Database) -> None:
+    """A frame with repeated keys (merge path, staged in write order) into an empty time
+    range, then its replay and a change: the counts and rows of the object path."""
+    batch = items(30)[::-1] + items(10, value=9.0)
+    changed = items(10, start=25, value=3.0)
+    with sync_client(db, batch_threshold=10, append_fast_path=False) as client:
+        first = client.upsert(arrow(batch))
+        replay = client.upsert(arrow(batch))
+        later = client.upsert(arrow(changed))
+    assert counts(first) == (40, 30, 0, 0)
+    assert counts(replay) == (40, 0, 0, 30)
+    assert counts(later) == (10, 5, 5, 0)
+    assert stored(db) == expected(batch + changed)

@@ -29,6 +29,7 @@ transaction. pyarrow, pgpq, polars and pandas are imported only when a frame is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -124,6 +125,7 @@ class FrameRows:
     table: Any
     count: int
     distinct: int
+    _in_order: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def rows(self) -> Iterator[Row]:
         """The rows as the object path's :data:`Row` tuples (for SQLite and non-COPY drivers)."""
@@ -146,9 +148,19 @@ class FrameRows:
             "highs": ranges.column("ts_max").to_pylist(),
         }
 
+    def bounds(self) -> tuple[Any, Any]:
+        """The first and last instant of the frame (aware UTC datetimes)."""
+        import pyarrow.compute as pc
+
+        span = pc.min_max(self.table.column("ts")).as_py()
+        return span["min"], span["max"]
+
     def sorted(self) -> Any:
-        """The table in write order (strings by code point, as ``COLLATE "C"``)."""
-        return self.table.sort_by([(key, "ascending") for key in _KEYS])
+        """The table in write order (strings by code point, as ``COLLATE "C"``); sorted once."""
+        if self._in_order is None:
+            # A stable sort: rows of one key keep their ``ord`` order.
+            self._in_order = self.table.sort_by([(key, "ascending") for key in _KEYS])
+        return self._in_order
 
 
 def _first(mask: Any) -> int | None:

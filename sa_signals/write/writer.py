@@ -343,11 +343,20 @@ class Writer:
                 STAGE_SCHEMA,
                 STAGE_NAME,
                 STAGE_COLUMNS,
-                encode_copy(rows.table, STAGE_COLUMNS, jsonb=False, chunk=chunk),
+                # Staged in write order (sorted by Arrow, in C): the merge's pre-filter of
+                # unchanged rows and its ORDER BY then meet presorted rows; the server's work
+                # on a 200,000-row replay fell from about 0.85 s to 0.5 s (Arrow's sort: 0.06 s).
+                encode_copy(rows.sorted(), STAGE_COLUMNS, jsonb=False, chunk=chunk),
             )
+            # The time bounds let a call into an empty time range skip the merge machinery
+            # (see _merge_stage), as for objects.
+            bounds = RowStats(batch_size)
+            bounds.low, bounds.high = rows.bounds()
             if rows.distinct == count:
-                return self._merge_stage(connection, count, MergeKind.SORTED, count, own)
-            return self._merge_stage(connection, count, MergeKind.DEDUPLICATED, rows.distinct, own)
+                kind, distinct = MergeKind.SORTED, count
+            else:
+                kind, distinct = MergeKind.DEDUPLICATED, rows.distinct
+            return self._merge_stage(connection, count, kind, distinct, own, COPY, bounds)
         except BaseException as exc:
             error = _failure(connection, exc)
             if error is exc:
