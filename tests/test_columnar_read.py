@@ -197,3 +197,29 @@ async def test_the_async_client_reads_arrow_with_a_url_that_names_ssl(
             dicts = await client.get_signals_history("ibkr_primary", "SPY", START)
             table = await client.get_signals_history("ibkr_primary", "SPY", START, format="arrow")
         assert table.num_rows == len(dicts) > 0
+
+
+@pytest.mark.parametrize(
+    "symbol", ["o'brien", "back\\slash", "per%cent", "%(symbol)s", "$1", "é✓", "a'; --"]
+)
+def test_client_frames_read_awkward_texts_as_the_dict_form_does(db: Database, symbol: str) -> None:
+    """The query clients write the values into the SQL they hand ADBC (for its COPY path):
+    quotes, backslashes, percent signs and placeholders in a value stay data."""
+    names = ["x'y", "back\\", "%s"]
+    batch = [
+        signal(i, ts=NOW - timedelta(seconds=i), symbol=symbol, name=names[i % 3]) for i in range(9)
+    ]
+    with sync_client(db, batch_threshold=20) as client:
+        client.upsert(batch)
+    with SignalsQueryClient(db.url, table=db.table, **_pool(db)) as client:
+        for run in (
+            lambda **kw: client.get_signals_history("ibkr_primary", symbol, START, **kw),
+            lambda **kw: client.get_signals_history(
+                "ibkr_primary", symbol, START, None, ["x'y", "%s"], **kw
+            ),
+            lambda **kw: client.get_signals_history("ibkr_primary", symbol, START, None, [], **kw),
+            lambda **kw: client.get_latest_signals("ibkr_primary", symbol, 5, **kw),
+        ):
+            dicts = run()
+            same(run(format="arrow"), dicts)
+        assert len(client.get_signals_history("ibkr_primary", symbol, START, format="arrow")) == 9

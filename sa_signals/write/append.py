@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, text
@@ -33,6 +34,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "copy_bytes",
     "copy_rows_into_table",
+    "in_write_order",
     "probe_statement",
     "series_ranges",
 ]
@@ -97,6 +99,32 @@ def series_ranges(rows: Iterable[Row]) -> dict[str, list[Any]]:
         "lows": [spans[k][0] for k in keys],
         "highs": [spans[k][1] for k in keys],
     }
+
+
+def in_write_order(rows: list[Row]) -> Iterator[Row]:
+    """``rows`` (unique keys) in write order, sorted lazily one ``(provider, symbol)`` at a time.
+
+    Grouping is one pass of dict lookups; each group is sorted by ``(ts, name)`` only when
+    the COPY reaches it, so most of the sorting overlaps the server's work on the rows sent
+    before (one ``sorted`` of the whole list up front was about 0.12 s of serial client time
+    per 200,000 rows, the grouping is about 0.02 s) and none is done when the probe sends
+    the call to the merge.
+    """
+    groups: dict[str, dict[str, list[Row]]] = {}
+    for row in rows:
+        series = groups.get(row[1])
+        if series is None:
+            series = groups[row[1]] = {}
+        group = series.get(row[2])
+        if group is None:
+            series[row[2]] = [row]
+        else:
+            group.append(row)
+    by_instant = itemgetter(3, 4)
+    for provider in sorted(groups):
+        series = groups[provider]
+        for symbol in sorted(series):
+            yield from sorted(series[symbol], key=by_instant)
 
 
 def _target(connection: Connection, table: Table) -> str:

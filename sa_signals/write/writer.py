@@ -64,6 +64,7 @@ from .append import (
     TABLE_COLUMNS,
     copy_bytes,
     copy_rows_into_table,
+    in_write_order,
     probe_statement,
     series_ranges,
 )
@@ -479,7 +480,7 @@ class Writer:
             # order (see _append).
             progress.method = COPY
             table = self.table
-            rows_in_order = first if stats.ordered else sorted(first, key=_write_key)
+            rows_in_order = first if stats.ordered else in_write_order(first)
             appended = self._append(
                 connection,
                 lambda: series_ranges(first),
