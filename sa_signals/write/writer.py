@@ -343,7 +343,7 @@ class Writer:
                 STAGE_SCHEMA,
                 STAGE_NAME,
                 STAGE_COLUMNS,
-                encode_copy(rows.table, STAGE_COLUMNS, jsonb=False, chunk=chunk),
+                encode_copy(rows.table, STAGE_COLUMNS, jsonb=True, chunk=chunk),
             )
             if rows.distinct == count:
                 return self._merge_stage(connection, count, MergeKind.SORTED, count, own)
