@@ -59,6 +59,7 @@ __all__ = [
     "STAGE_TYPES",
     "WRITE_ORDER",
     "MergeKind",
+    "chunk_overlap_statement",
     "copy_statement",
     "merge_statement",
     "sqlite_merge",
@@ -333,6 +334,30 @@ def merge_statement(
             bindparam("low", type_=ts_type), bindparam("high", type_=ts_type)
         )
     return statement
+
+
+def chunk_overlap_statement(table: Table, dialect: Dialect) -> TextClause:
+    """TimescaleDB: ``SELECT EXISTS``, does a chunk of ``table`` overlap ``:low`` to ``:high``?
+
+    Read from the catalog (``timescaledb_information.chunks``), so no chunk is locked: a write
+    that finds none cannot meet a stored row, nor a compression job compressing one.
+    ``false`` for a table that is not a hypertable.
+    """
+    target = dialect.identifier_preparer.format_table(table)
+    statement = text(
+        "SELECT EXISTS (SELECT FROM timescaledb_information.chunks AS c "
+        "JOIN pg_catalog.pg_namespace AS n ON n.nspname = c.hypertable_schema "
+        "JOIN pg_catalog.pg_class AS r ON r.relnamespace = n.oid "
+        "AND r.relname = c.hypertable_name "
+        "WHERE r.oid = to_regclass(:target) "
+        "AND c.range_start <= :high AND c.range_end > :low)"
+    )
+    ts_type = table.c.ts.type
+    return statement.bindparams(
+        bindparam("target", value=target, type_=Text()),
+        bindparam("low", type_=ts_type),
+        bindparam("high", type_=ts_type),
+    )
 
 
 def sqlite_stage(table: Table) -> Table:
