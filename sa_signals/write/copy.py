@@ -26,7 +26,7 @@ from ..errors import WriteError
 from .statements import STAGE_COLUMNS, STAGE_NAME, STAGE_SCHEMA, STAGE_TYPES, copy_statement
 from .validation import Row
 
-__all__ = ["copy_rows", "driver_error", "supports_copy"]
+__all__ = ["JSONB_BINARY_VERSION", "copy_rows", "driver_error", "supports_copy"]
 
 
 def supports_copy(connection: Connection) -> bool:
@@ -95,17 +95,29 @@ def _connection_lost(driver: str, connection: Any) -> bool:
     return bool(connection.is_closed())
 
 
+#: jsonb's binary wire form is this version byte followed by the JSON text. Binary COPY data
+#: carries no types (the server reads each field with its column's receive function), so the
+#: already-serialised metadata goes as those bytes through psycopg's C ``bytea`` dumper
+#: rather than its jsonb dumper, which calls Python code per row.
+JSONB_BINARY_VERSION = b"\x01"
+_WIRE_TYPES = [*STAGE_TYPES[:-1], "bytea"]
+
+
 def _psycopg_sync(driver: Any, sql: str, rows: Iterable[Row]) -> None:
+    version = JSONB_BINARY_VERSION
     with driver.cursor() as cursor, cursor.copy(sql) as copy:
-        copy.set_types(STAGE_TYPES)
+        copy.set_types(_WIRE_TYPES)
         write_row = copy.write_row
-        for row in rows:
-            write_row(row)
+        for ord_, provider, symbol, ts, name, value, score, metadata in rows:
+            document = None if metadata is None else version + metadata.encode()
+            write_row((ord_, provider, symbol, ts, name, value, score, document))
 
 
 async def _psycopg_async(driver: Any, sql: str, rows: Iterable[Row]) -> None:
+    version = JSONB_BINARY_VERSION
     async with driver.cursor() as cursor, cursor.copy(sql) as copy:
-        copy.set_types(STAGE_TYPES)
+        copy.set_types(_WIRE_TYPES)
         write_row = copy.write_row
-        for row in rows:
-            await write_row(row)
+        for ord_, provider, symbol, ts, name, value, score, metadata in rows:
+            document = None if metadata is None else version + metadata.encode()
+            await write_row((ord_, provider, symbol, ts, name, value, score, document))
