@@ -358,7 +358,10 @@ def _in_range(column: str) -> str:
 #: the cached generic plan too. A bare parameter would be folded into every custom plan, whose
 #: lower estimated cost would keep PostgreSQL planning each call (planning costs more than the
 #: read). ``statement_timestamp() - statement_timestamp()`` is an exact zero that is only stable.
-_SINCE_AT_STARTUP = "CAST(:since AS timestamptz) + (statement_timestamp() - statement_timestamp())"
+_SINCE_AT_STARTUP = (
+    "COALESCE(CAST(:since AS timestamptz), '-infinity'::timestamptz) "
+    "+ (statement_timestamp() - statement_timestamp())"
+)
 
 
 def _where_series(alias: str, table: Table, name: bool = True) -> str:
