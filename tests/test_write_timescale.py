@@ -415,3 +415,51 @@ def test_max_tuples_decompressed_caps_the_call_or_leaves_the_servers_setting(
         assert setting == "12345"  # put back for the rest of the host's transaction
         session.commit()
     assert stored(db) == expected(replay)
+
+
+def _merges(engine: Any) -> list[str]:
+    """The statements into the signals table a client runs: 'insert' (the plain INSERT of a
+    call into an empty time range) or 'merge' (INSERT ... ON CONFLICT)."""
+    seen: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "WITH merged AS (INSERT INTO" in statement:
+            seen.append("merge" if "ON CONFLICT" in statement else "insert")
+
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_staged_first_write_takes_the_plain_insert_only_where_no_chunk_exists(
+    native_timescale_db: Database, mode: str
+) -> None:
+    """A staged call into a time range no chunk covers yet takes the plain INSERT (no chunk
+    to meet a compression job on); one into an existing chunk, even with new keys only, merges.
+    Counts are exact either way."""
+    db = native_timescale_db
+    db.pause_jobs()
+    first = [signal(i) for i in range(3000)]
+    later = [signal(i, ts=BASE + timedelta(hours=2, seconds=i)) for i in range(3000)]  # same chunk
+    results: list[WriteResult | None] = []
+    if mode == "sync":
+        client = sync_client(db, batch_threshold=100, append_fast_path=False)
+        seen = _merges(client.engine)
+        with client:
+            for items in (first, later):
+                client.write_signals(items)
+                results.append(client.last_result)
+    else:
+        aclient = async_client(db, batch_threshold=100, append_fast_path=False)
+        seen = _merges(aclient.engine.sync_engine)
+
+        async def run() -> None:
+            async with aclient:
+                for items in (first, later):
+                    await aclient.write_signals(items)
+                    results.append(aclient.last_result)
+
+        asyncio.run(run())
+    assert seen == ["insert", "merge"]
+    assert [_counts(result) for result in results] == [(3000, 3000, 0, 0)] * 2
+    assert stored(db) == expected(first + later)

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import DateTime, Text
 
+from .copy import json_as_is
 from .statements import PAYLOAD_COLUMNS
 from .validation import Row
 
@@ -40,10 +41,6 @@ __all__ = [
 #: Columns the fast path writes, in COPY order (``created_at`` takes its default).
 TABLE_COLUMNS: tuple[str, ...] = ("provider", "symbol", "ts", "name", *PAYLOAD_COLUMNS)
 _TABLE_TYPES = ["text", "text", "timestamptz", "text", "float8", "float8", "jsonb"]
-
-
-def _identity(document: Any) -> Any:
-    return document
 
 
 @lru_cache(maxsize=128)
@@ -129,7 +126,7 @@ def _psycopg_rows_sync(driver: Any, sql: str, rows: Iterable[Row]) -> None:
 
     with driver.cursor() as cursor:
         # The metadata is already strict JSON text: the jsonb dumper sends it as it is.
-        set_json_dumps(_identity, context=cursor)
+        set_json_dumps(json_as_is, context=cursor)
         with cursor.copy(sql) as copy:
             copy.set_types(_TABLE_TYPES)
             write_row = copy.write_row
@@ -141,7 +138,7 @@ async def _psycopg_rows_async(driver: Any, sql: str, rows: Iterable[Row]) -> Non
     from psycopg.types.json import set_json_dumps
 
     async with driver.cursor() as cursor:
-        set_json_dumps(_identity, context=cursor)
+        set_json_dumps(json_as_is, context=cursor)
         async with cursor.copy(sql) as copy:
             copy.set_types(_TABLE_TYPES)
             write_row = copy.write_row

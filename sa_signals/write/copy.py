@@ -26,7 +26,7 @@ from ..errors import WriteError
 from .statements import STAGE_COLUMNS, STAGE_NAME, STAGE_SCHEMA, STAGE_TYPES, copy_statement
 from .validation import Row
 
-__all__ = ["copy_rows", "driver_error", "supports_copy"]
+__all__ = ["copy_rows", "driver_error", "json_as_is", "supports_copy"]
 
 
 def supports_copy(connection: Connection) -> bool:
@@ -96,16 +96,30 @@ def _connection_lost(driver: str, connection: Any) -> bool:
 
 
 def _psycopg_sync(driver: Any, sql: str, rows: Iterable[Row]) -> None:
-    with driver.cursor() as cursor, cursor.copy(sql) as copy:
-        copy.set_types(STAGE_TYPES)
-        write_row = copy.write_row
-        for row in rows:
-            write_row(row)
+    from psycopg.types.json import set_json_dumps
+
+    with driver.cursor() as cursor:
+        # The metadata is already strict JSON text: the jsonb dumper sends it as it is.
+        set_json_dumps(json_as_is, context=cursor)
+        with cursor.copy(sql) as copy:
+            copy.set_types(STAGE_TYPES)
+            write_row = copy.write_row
+            for row in rows:
+                write_row(row)
 
 
 async def _psycopg_async(driver: Any, sql: str, rows: Iterable[Row]) -> None:
-    async with driver.cursor() as cursor, cursor.copy(sql) as copy:
-        copy.set_types(STAGE_TYPES)
-        write_row = copy.write_row
-        for row in rows:
-            await write_row(row)
+    from psycopg.types.json import set_json_dumps
+
+    async with driver.cursor() as cursor:
+        set_json_dumps(json_as_is, context=cursor)
+        async with cursor.copy(sql) as copy:
+            copy.set_types(STAGE_TYPES)
+            write_row = copy.write_row
+            for row in rows:
+                await write_row(row)
+
+
+def json_as_is(document: Any) -> Any:
+    """A psycopg JSON dumper for documents that are already strict JSON text."""
+    return document

