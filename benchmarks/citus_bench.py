@@ -39,12 +39,11 @@ from typing import Any
 
 import psycopg
 from prometheus_client import CollectorRegistry
-from psycopg.types.json import Jsonb
 from sqlalchemy import MetaData, Table, create_engine, text
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
-from write_bench import NAIVE_COLUMNS, NAIVE_MERGE, NAIVE_STAGE, make_signal
+from write_bench import make_signal, naive_write
 
 from sa_signals import DistributionOptions, SignalsStoreClient, signals_table
 
@@ -106,28 +105,7 @@ class Bench:
             return int(conn.execute(text(f'SELECT count(*) FROM "{SCHEMA}".{TABLE}')).scalar_one())
 
     def naive(self) -> None:
-        types = ["text", "text", "timestamptz", "text", "float8", "float8", "jsonb"]
-        conn = self.psycopg
-        with conn.cursor() as cur:
-            cur.execute(NAIVE_STAGE)
-            with cur.copy(
-                f"COPY tmp_signals ({', '.join(NAIVE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(types)
-                for s in self.data:
-                    copy.write_row(
-                        (
-                            s.provider,
-                            s.symbol.upper(),
-                            s.ts,
-                            s.name,
-                            s.value,
-                            s.score,
-                            None if s.metadata is None else Jsonb(s.metadata),
-                        )
-                    )
-            cur.execute(NAIVE_MERGE)
-        conn.commit()
+        naive_write(self.psycopg, self.data, lift_cap=False)
 
     def client(self, layout: str) -> None:
         assert self.clients[(layout, "copy")].write_signals(self.data) == self.rows

@@ -120,6 +120,38 @@ LIFT_CAP = "SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 
 COMPRESS = "SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks(%s) c"
 
 
+def copy_naive(cur: psycopg.Cursor[Any], target: str, data: list[SimpleNamespace]) -> None:
+    """Binary COPY of ``data`` into ``target`` (``NAIVE_COLUMNS``), row by row, as a user would
+    write it by hand (no validation)."""
+    with cur.copy(f"COPY {target} ({', '.join(NAIVE_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(NAIVE_TYPES)
+        for s in data:
+            copy.write_row(
+                (
+                    s.provider,
+                    s.symbol.upper(),
+                    s.ts,
+                    s.name,
+                    s.value,
+                    s.score,
+                    None if s.metadata is None else Jsonb(s.metadata),
+                )
+            )
+
+
+def naive_write(
+    conn: psycopg.Connection[Any], data: list[SimpleNamespace], *, lift_cap: bool
+) -> None:
+    """The naive psycopg baseline (n): COPY into a temp table, then ONE merge; one transaction."""
+    with conn.cursor() as cur:
+        if lift_cap:
+            cur.execute(LIFT_CAP)
+        cur.execute(NAIVE_STAGE)
+        copy_naive(cur, "tmp_signals", data)
+        cur.execute(NAIVE_MERGE)
+    conn.commit()
+
+
 def _jsonb_binary(value: object) -> bytes:
     return b"\x01" + json.dumps(value).encode()
 
@@ -196,52 +228,13 @@ class Bench:
 
     # (p) ------------------------------------------------------------------------------------
     def plain_copy(self) -> None:
-        conn = self.psycopg
-        with conn.cursor() as cur:
-            with cur.copy(
-                f"COPY bench_signals ({', '.join(NAIVE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(NAIVE_TYPES)
-                for s in self.data:
-                    copy.write_row(
-                        (
-                            s.provider,
-                            s.symbol.upper(),
-                            s.ts,
-                            s.name,
-                            s.value,
-                            s.score,
-                            None if s.metadata is None else Jsonb(s.metadata),
-                        )
-                    )
-        conn.commit()
+        with self.psycopg.cursor() as cur:
+            copy_naive(cur, "bench_signals", self.data)
+        self.psycopg.commit()
 
     # (n) ------------------------------------------------------------------------------------
     def naive_psycopg(self) -> None:
-        types = NAIVE_TYPES
-        conn = self.psycopg
-        with conn.cursor() as cur:
-            if self.timescale:
-                cur.execute(LIFT_CAP)
-            cur.execute(NAIVE_STAGE)
-            with cur.copy(
-                f"COPY tmp_signals ({', '.join(NAIVE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(types)
-                for s in self.data:
-                    copy.write_row(
-                        (
-                            s.provider,
-                            s.symbol.upper(),
-                            s.ts,
-                            s.name,
-                            s.value,
-                            s.score,
-                            None if s.metadata is None else Jsonb(s.metadata),
-                        )
-                    )
-            cur.execute(NAIVE_MERGE)
-        conn.commit()
+        naive_write(self.psycopg, self.data, lift_cap=self.timescale)
 
     # (m) ------------------------------------------------------------------------------------
     def naive_asyncpg(self) -> None:

@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import statistics
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, MetaData, func, insert, literal_column, select, text
+from sqlalchemy.exc import DBAPIError
 
 from sa_signals import ConfigurationError, TimescaleOptions, signals_table
 from sa_signals.schema.aggregates import (
@@ -540,3 +542,69 @@ def test_explicit_rollup_with_compression_and_retention(timescale_db: Database) 
     assert (state.materialized_only, state.compression) == (False, True)
     assert (state.compress_after, state.drop_after) == (timedelta(days=3), timedelta(days=90))
     assert [r.aggregate for r in get_rollups(table)] == [aggregate]
+
+
+def test_refresh_now_waits_for_a_concurrent_refresh_of_its_window(
+    native_timescale_db: Database,
+) -> None:
+    """TimescaleDB refuses a refresh while one of an overlapping window runs (a policy's job
+    racing an explicit refresh failed the docs' example): refresh_now waits and retries;
+    ``wait=0`` raises at once."""
+    db = native_timescale_db
+    aggregate = _hourly_max(db)
+    _create(db, aggregate)
+    base = datetime(2024, 1, 1, tzinfo=UTC)
+    _seed(db, [_row(base + timedelta(minutes=i), float(i)) for i in range(600)])
+    ((schema, name),) = db.sql(
+        "SELECT materialization_hypertable_schema, materialization_hypertable_name "
+        "FROM timescaledb_information.continuous_aggregates "
+        "WHERE view_schema = :schema AND view_name = 'hourly_max'",
+        schema=db.schema,
+    )
+    materialized = f'"{schema}"."{name}"'
+    # The first refresh registers its window, then waits for this lock.
+    holder = db.engine.connect()
+    holder.execute(text(f"LOCK TABLE {materialized} IN ACCESS EXCLUSIVE MODE"))
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            _refresh(db, aggregate)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        db.wait_until(
+            lambda: bool(
+                db.sql(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'CALL refresh_continuous_aggregate%' "
+                    "AND datname = current_database()"
+                )
+            ),
+            "the first refresh never waited for the lock",
+        )
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            with pytest.raises(DBAPIError, match="concurrent refresh"):
+                aggregate.refresh_now(conn, wait=0)
+            release = threading.Timer(0.5, holder.rollback)
+            release.start()
+            aggregate.refresh_now(conn)  # waits for the first one, then refreshes
+            release.join()
+    finally:
+        holder.close()
+        thread.join()
+    assert errors == []
+    assert db.sql(f"SELECT count(*) FROM {materialized}") == [(10,)]
+
+
+def test_refresh_now_rejects_a_negative_wait() -> None:
+    aggregate = ContinuousAggregate(
+        "a",
+        MetaData(),
+        select(time_bucket(HOUR, signals_table(MetaData(), "s").c.ts).label("b")).group_by("b"),
+    )
+    with pytest.raises(ConfigurationError, match="wait"):
+        aggregate.refresh_now(None, wait=-1)  # type: ignore[arg-type]

@@ -23,9 +23,9 @@ read them. The answer is the raw-table computation's, not an approximation of it
   not at all. The SQL text depends only on the table and its rollups, so prepared statements
   and PostgreSQL's cached generic plans serve repeated calls (planning the statement costs
   more than running it);
-* Python merges the rows: counts and extremes directly, means and standard deviations with
-  Chan et al.'s formula over per-part ``(count, mean, M2)`` in two magnitude groups, as the
-  raw-table queries do (nothing overflows).
+* the parts are merged with Chan et al.'s formula over per-part ``(count, mean, M2)`` in two
+  magnitude groups, as the raw-table queries do (nothing overflows): by the statement itself
+  for the metrics (one row comes back), by Python per bucket for the buckets.
 
 Which declared rollups exist is read once per engine (:func:`plan_rollup_state`, by the
 repositories): the statement can only name views that exist.
@@ -62,7 +62,6 @@ from ..schema.aggregates import (
     ROLLUP_LARGE_VALUE,
     ROLLUP_SCALE_DOWN,
     Rollup,
-    combine_moments,
     get_rollups,
 )
 from ..schema.options import get_timescale_options
@@ -310,7 +309,8 @@ def _level_cte(index: int, width: timedelta, state: str) -> str:
         f"range_agg(tstzrange(time_bucket({w}, lower(i)), time_bucket({w}, upper(i)) + {w})) "
         "FROM unnest(s.invalid) AS i), '{}'::tstzmultirange) AS trusted "
         f"FROM (SELECT 1) AS one LEFT JOIN {state} AS s ON s.view_name = :rollup_{index}"
-        ") AS t)"
+        # OFFSET 0: computed once; pulled up, ``trusted`` would be computed for both columns.
+        " OFFSET 0) AS t)"
     )
 
 
@@ -352,6 +352,18 @@ def _in_range(column: str) -> str:
     return f"{column} >= lower(r) AND {column} < upper(r)"
 
 
+#: ``ts >= :since`` (implied: every range lies in the window) in a form the planner cannot fold
+#: but TimescaleDB's ChunkAppend evaluates when the plan starts: the chunks older than the
+#: window are excluded at executor startup instead of being checked again for every range, on
+#: the cached generic plan too. A bare parameter would be folded into every custom plan, whose
+#: lower estimated cost would keep PostgreSQL planning each call (planning costs more than the
+#: read). ``statement_timestamp() - statement_timestamp()`` is an exact zero that is only stable.
+_SINCE_AT_STARTUP = (
+    "COALESCE(CAST(:since AS timestamptz), '-infinity'::timestamptz) "
+    "+ (statement_timestamp() - statement_timestamp())"
+)
+
+
 def _where_series(alias: str, table: Table, name: bool = True) -> str:
     c = table.c
     where = [
@@ -387,8 +399,8 @@ def _summary_sql(table: Table, levels: tuple[Rollup, ...]) -> str:
         + _ranges(f"c{last}", "gaps")
         + f"CROSS JOIN LATERAL (SELECT v.{symbol} AS symbol, v.{name} AS name, count(*) AS n, "
         f"min({ts}) AS first_ts, max({ts}) AS last_ts FROM {_relation(table)} AS v "
-        f"WHERE v.{_q(c.provider.name)} = :provider AND {_in_range(ts)} "
-        f"GROUP BY v.{symbol}, v.{name}) AS s{_FEW}"
+        f"WHERE v.{_q(c.provider.name)} = :provider AND {ts} >= {_SINCE_AT_STARTUP} "
+        f"AND {_in_range(ts)} GROUP BY v.{symbol}, v.{name}) AS s{_FEW}"
     )
     return (
         "SELECT CAST(sum(p.n) AS bigint), count(DISTINCT p.symbol), count(DISTINCT p.name), "
@@ -434,7 +446,8 @@ def _moments_sql(table: Table, levels: tuple[Rollup, ...], bucketed: bool) -> st
         f"count(*) FILTER (WHERE {large}), avg({scaled}) FILTER (WHERE {large}), "
         f"var_pop({scaled}) FILTER (WHERE {large}) * count(*) FILTER (WHERE {large}), "
         f"(array_agg({value} ORDER BY {ts} DESC))[1], max({ts}), min({ts}) "
-        f"FROM {_relation(table)} AS v WHERE {_where_series('v', table)} AND {_in_range(ts)}"
+        f"FROM {_relation(table)} AS v WHERE {_where_series('v', table)} "
+        f"AND {ts} >= {_SINCE_AT_STARTUP} AND {_in_range(ts)}"
         + (f" GROUP BY {bucket}" if bucketed else "")
         + f") AS s({'bucket, ' if bucketed else ''}{_NAMES}){_FEW}"
     )  # fmt: skip
@@ -488,13 +501,54 @@ def _summary_statement(table: Table, levels: tuple[Rollup, ...]) -> Executable:
     return statement  # type: ignore[no-any-return]
 
 
+#: The parts' moments merged on the server into one row (Chan et al., per magnitude group, two
+#: passes: the group's mean, then each part's M2 plus its count times the squared distance of its
+#: mean from that mean): one row to send and convert instead of one per bucket. Nothing
+#: overflows: the small group's values are at most ``2**460`` in magnitude, the large group's
+#: are scaled down by ``2**-600``. A part of no rows (an empty edge) has a zero count.
+_MERGED = (
+    ", p AS MATERIALIZED ({parts}), "
+    "q AS (SELECT CAST(sum(p.n) AS bigint) AS n, min(p.lo) AS lo, max(p.hi) AS hi, "
+    "CAST(sum(p.n - p.large_n) AS bigint) AS small_n, "
+    "sum((p.n - p.large_n) * p.mean) / nullif(sum(p.n - p.large_n), 0) AS small_mean, "
+    "CAST(sum(p.large_n) AS bigint) AS large_n, "
+    "sum(p.large_n * p.large_mean) / nullif(sum(p.large_n), 0) AS large_mean, "
+    "max(p.last_ts) AS last_ts, min(p.first_ts) AS first_ts FROM p WHERE p.n > 0) "
+    "SELECT q.n, q.lo, q.hi, q.small_n, q.small_mean, (SELECT sum(COALESCE(p.m2, 0) + "
+    "(p.n - p.large_n) * ((p.mean - q.small_mean) * (p.mean - q.small_mean))) FROM p "
+    "WHERE p.n > p.large_n), q.large_n, q.large_mean, (SELECT sum(COALESCE(p.large_m2, 0) + "
+    "p.large_n * ((p.large_mean - q.large_mean) * (p.large_mean - q.large_mean))) FROM p "
+    "WHERE p.large_n > 0), (SELECT p.last FROM p WHERE p.n > 0 ORDER BY p.last_ts DESC "
+    "LIMIT 1), q.last_ts, q.first_ts FROM q"
+)
+_MERGED_COLUMNS = (
+    ("n", BigInteger()),
+    ("lo", Float()),
+    ("hi", Float()),
+    ("small_n", BigInteger()),
+    ("small_mean", Float()),
+    ("small_m2", Float()),
+    ("large_n", BigInteger()),
+    ("large_mean", Float()),
+    ("large_m2", Float()),
+    ("last", Float()),
+    ("last_ts", _TZ),
+    ("first_ts", _TZ),
+)
+
+
 @lru_cache(maxsize=256)
 def _moments_statement(table: Table, levels: tuple[Rollup, ...], bucketed: bool) -> Executable:
     widths = [rollup.width for rollup in levels]
-    sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)} {_moments_sql(table, levels, bucketed)}"
-    columns = [column(name, kind) for name, kind in _MOMENT_COLUMNS]
+    parts = _moments_sql(table, levels, bucketed)
+    columns: list[Any]
     if bucketed:
-        columns.insert(0, column("bucket", _TZ))
+        sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)} {parts}"
+        columns = [column("bucket", _TZ)]
+        columns += [column(name, kind) for name, kind in _MOMENT_COLUMNS]
+    else:
+        sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)}" + _MERGED.format(parts=parts)
+        columns = [column(name, kind) for name, kind in _MERGED_COLUMNS]
     statement = _binds(text(sql), moments=True, bucketed=bucketed).columns(*columns)
     return statement  # type: ignore[no-any-return]
 
@@ -539,10 +593,6 @@ def _merge(rows: Sequence[Sequence[Any]]) -> _Merged | None:
     return merged
 
 
-def _variance(moments: Any) -> float | None:
-    return moments.m2 / (moments.count - 1) if moments.count > 1 else None
-
-
 def _empty_metrics() -> SignalMetrics:
     return {
         "signal_count": 0,
@@ -557,27 +607,26 @@ def _empty_metrics() -> SignalMetrics:
 
 
 def _finish_metrics(rows: Sequence[Any]) -> SignalMetrics:
-    merged = _merge(rows)
-    if merged is None:
+    (count, low, high, small, small_mean, small_m2, large, large_mean, large_m2, last_value,
+     last_ts, first_ts) = rows[0]  # fmt: skip
+    if not count:
         return _empty_metrics()
-    small = combine_moments(merged.small)
-    large = combine_moments(merged.large)
     mean, stddev = _mean_and_stddev(
-        merged.count,
-        large.count,
-        small.mean if small.count else None,
-        _variance(small),
-        large.mean if large.count else None,
-        _variance(large),
+        count,
+        large,
+        small_mean if small else None,
+        small_m2 / (small - 1) if small > 1 else None,
+        large_mean if large else None,
+        large_m2 / (large - 1) if large > 1 else None,
     )
     return {
-        "signal_count": merged.count,
-        "min_value": float(merged.low),
-        "max_value": float(merged.high),
+        "signal_count": count,
+        "min_value": float(low),
+        "max_value": float(high),
         "avg_value": mean,
-        "latest_ts": merged.last_ts,
-        "earliest_ts": merged.first_ts,
-        "latest_value": float(merged.last_value),
+        "latest_ts": _utc(last_ts),
+        "earliest_ts": _utc(first_ts),
+        "latest_value": float(last_value),
         "stddev_value": stddev,
     }
 

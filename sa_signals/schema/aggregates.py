@@ -35,6 +35,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from time import monotonic, sleep
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -52,7 +53,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import CompileError
+from sqlalchemy.exc import CompileError, DBAPIError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import ExecutableDDLElement
 from sqlalchemy.sql import visitors
@@ -305,13 +306,40 @@ class ContinuousAggregate:
         connection: Connection,
         start: datetime | None = None,
         end: datetime | None = None,
+        *,
+        wait: float = 60.0,
     ) -> None:
         """Materialize ``[start, end)`` now (``None``: unbounded).
 
         TimescaleDB refuses to refresh inside a transaction: ``connection`` must be in autocommit
         mode (``engine.connect().execution_options(isolation_level="AUTOCOMMIT")``).
+
+        While a refresh of an overlapping window runs elsewhere (the refresh policy's job,
+        another session), TimescaleDB refuses this one ("due to a concurrent refresh"). That
+        refresh started earlier and may miss later writes, so this call waits for it and
+        retries, for up to ``wait`` seconds (0: raise at once); then the server's error is
+        raised.
         """
-        connection.execute(refresh_continuous_aggregate_sql(self.name, self.schema, start, end))
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+            raise ConfigurationError(f"wait must be a number of seconds >= 0, got {wait!r}")
+        statement = refresh_continuous_aggregate_sql(self.name, self.schema, start, end)
+        deadline = monotonic() + wait
+        delay = 0.05
+        while True:
+            try:
+                connection.execute(statement)
+                return
+            except DBAPIError as exc:
+                if not _concurrent_refresh(exc) or monotonic() + delay > deadline:
+                    raise
+            sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def _concurrent_refresh(exc: DBAPIError) -> bool:
+    """Whether TimescaleDB refused a refresh because one of an overlapping window runs."""
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) == "55P03" and "concurrent refresh" in str(orig)
 
 
 def _columns(definition: Select[Any]) -> list[tuple[str, Any]]:
