@@ -203,8 +203,9 @@ async def test_the_async_client_reads_arrow_with_a_url_that_names_ssl(
     "symbol", ["o'brien", "back\\slash", "per%cent", "%(symbol)s", "$1", "é✓", "a'; --"]
 )
 def test_client_frames_read_awkward_texts_as_the_dict_form_does(db: Database, symbol: str) -> None:
-    """The query clients write the values into the SQL they hand ADBC (for its COPY path):
-    quotes, backslashes, percent signs and placeholders in a value stay data."""
+    """The query clients hand ADBC a query without parameters (for its COPY path), its values
+    bound to transaction-local settings: quotes, backslashes, percent signs and placeholders in
+    a value stay data."""
     names = ["x'y", "back\\", "%s"]
     batch = [
         signal(i, ts=NOW - timedelta(seconds=i), symbol=symbol, name=names[i % 3]) for i in range(9)
@@ -223,3 +224,29 @@ def test_client_frames_read_awkward_texts_as_the_dict_form_does(db: Database, sy
             dicts = run()
             same(run(format="arrow"), dicts)
         assert len(client.get_signals_history("ibkr_primary", symbol, START, format="arrow")) == 9
+
+
+def test_frame_reads_bind_values_and_write_none_into_the_sql() -> None:
+    """What the Arrow read sends: the values go as parameters of ``set_config``; the query
+    only names the settings (values never formatted into SQL)."""
+    from sqlalchemy import MetaData
+    from sqlalchemy.dialects import postgresql
+
+    from sa_signals import signals_table
+    from sa_signals.read.frames import _through_settings
+    from sa_signals.read.queries import plan_history
+
+    table = signals_table(MetaData(), "signals")
+    end = START + timedelta(hours=1)
+    plan = plan_history(table, postgresql.dialect(), "p'x", "a%(b)s", START, end, ["n'1", "$1"], 10)
+    assert plan.statement is not None
+    settings = _through_settings(plan.statement, plan.parameters)
+    assert settings is not None
+    configure, sql, values = settings
+    assert sorted(values) == sorted(
+        ["p'x", "A%(B)S", START.isoformat(), end.isoformat(), '["n\'1", "$1"]', "10"]
+    )
+    assert configure.count("$") == len(values)
+    for value in ("p'x", "A%(B)S", "n'1", START.isoformat(), end.isoformat()):
+        assert value not in sql
+    assert "current_setting('sa_signals.read_0')" in sql
