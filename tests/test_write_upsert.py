@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta, timezone
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -154,6 +156,46 @@ def test_bad_3000th_signal_of_a_copy_sized_call(db: Database) -> None:
         assert client.last_result is None
     assert (info.value.index, info.value.field) == (2999, "ts")
     assert stored(db) == {}
+
+
+def _two_bad(case: str) -> tuple[list[SimpleNamespace], tuple[int, str]]:
+    items = signals(3000)
+    if case == "metadata before a bad field":
+        items[5].metadata = {"bad": float("nan")}
+        items[9].value = "x"  # validated first: the keys and numbers are checked up front
+        return items, (5, "metadata")
+    # Reversed: the COPY (in write order) meets index 2000 before index 10.
+    items.reverse()
+    items[10].metadata = {"bad": float("inf")}
+    items[2000].metadata = {1: "non-string key"}
+    return items, (10, "metadata")
+
+
+@pytest.mark.parametrize("case", ["metadata before a bad field", "two, met out of order"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_one_batch_copy_reports_the_lowest_invalid_index(
+    db: Database, mode: str, case: str
+) -> None:
+    """A COPY-sized call in one batch encodes its metadata while the COPY streams: the error
+    still names the lowest-indexed invalid signal, nothing is kept, the client works on."""
+    items, wanted = _two_bad(case)
+    if mode == "sync":
+        with sync_client(db) as client:
+            with pytest.raises(InvalidSignalError) as info:
+                client.upsert(items)
+            assert client.upsert(signals(2)).inserted == 2
+    else:
+
+        async def run() -> Any:
+            async with async_client(db) as client:
+                with pytest.raises(InvalidSignalError) as info:
+                    await client.upsert(items)
+                assert (await client.upsert(signals(2))).inserted == 2
+                return info
+
+        info = asyncio.run(run())
+    assert (info.value.index, info.value.field) == wanted
+    assert stored(db) == expected(signals(2))
 
 
 def test_repository_validates_a_whole_sequence_before_sending_sql(db: Database) -> None:

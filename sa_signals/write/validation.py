@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import json.encoder
 import math
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from numbers import Real
@@ -30,7 +30,15 @@ from typing import Any, Final
 from ..errors import InvalidSignalError
 from ..schema.model import SignalMixin
 
-__all__ = ["Row", "RowStats", "dump_metadata", "validate_signal", "validate_signals"]
+__all__ = [
+    "Row",
+    "RowStats",
+    "dump_metadata",
+    "first_metadata_error",
+    "validate_signal",
+    "validate_signals",
+    "with_metadata_encoded",
+]
 
 #: ``(index, provider, symbol, ts, name, value, score, metadata_json)``
 Row = tuple[int, str, str, datetime, str, float, "float | None", "str | None"]
@@ -276,13 +284,68 @@ def validate_signal(index: int, obj: object) -> Row:
     return next(validate_signals((obj,), start=index))
 
 
+def _metadata_text(index: int, metadata: object) -> str | None:
+    """The metadata field of a :data:`Row` (strict JSON text), as the per-row loop makes it."""
+    if metadata is None:
+        return None
+    if type(metadata) is dict:
+        try:
+            text = _encode(metadata)
+            "".join(metadata)  # TypeError unless every top-level key is a str
+        except _JSON_ERRORS:
+            return _dump(index, metadata)  # raises with the reason
+        if text.find("{", 1) >= 0 or not text.isascii() or "\\u0000" in text:
+            return _dump(index, metadata)
+        return text
+    return _dump(index, metadata)
+
+
+def with_metadata_encoded(rows: Iterable[Row]) -> Iterator[Row]:
+    """Rows of ``validate_signals(..., encode_metadata=False)`` with their metadata encoded.
+
+    Raises :class:`InvalidSignalError` at a row whose metadata is not valid (the first one met
+    in ``rows``' order: see :func:`first_metadata_error` for the lowest index).
+    """
+    text = _metadata_text
+    for row in rows:
+        metadata = row[7]
+        if metadata is None:
+            yield row
+        else:
+            yield (*row[:7], text(row[0], metadata))
+
+
+def first_metadata_error(signals: Sequence[Any], stop: int) -> InvalidSignalError | None:
+    """The error of the lowest-indexed signal before ``stop`` whose metadata is not valid."""
+    for index in range(min(stop, len(signals))):
+        obj = signals[index]
+        kind = _KINDS.get(type(obj)) or _kind(type(obj))
+        if kind == _MAPPING:
+            metadata = obj.get("metadata")
+        elif kind == _MODEL:
+            metadata = obj.metadata_
+        else:
+            metadata = getattr(obj, "metadata", None)
+        try:
+            _metadata_text(index, metadata)
+        except InvalidSignalError as exc:
+            return exc
+    return None
+
+
 def validate_signals(
-    signals: Iterable[Any], start: int = 0, stats: RowStats | None = None
+    signals: Iterable[Any],
+    start: int = 0,
+    stats: RowStats | None = None,
+    *,
+    encode_metadata: bool = True,
 ) -> Generator[Row, None, None]:
     """Yield a :data:`Row` per signal; raise :class:`InvalidSignalError` at the first bad one.
 
     The checks run lazily, one signal at a time, so a generator is never held in memory.
-    When ``stats`` is given it is filled in as described there.
+    When ``stats`` is given it is filled in as described there. ``encode_metadata=False``
+    leaves each metadata as given, unchecked, for :func:`with_metadata_encoded` to encode
+    later (the caller then owns reporting the lowest-indexed error).
     """
     kinds = _KINDS
     encode = _encode
@@ -361,7 +424,7 @@ def validate_signals(
                 value = _number(index, "value", value)
             if score is not None and (type(score) is not float or score - score != 0.0):
                 score = _number(index, "score", score)
-            if metadata is not None:
+            if metadata is not None and encode_metadata:
                 if type(metadata) is dict:
                     try:
                         text = encode(metadata)

@@ -59,7 +59,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.schema import CreateTable, DropTable
 from sqlalchemy.sql.dml import Insert
 
-from ..errors import ConfigurationError, WriteError
+from ..errors import ConfigurationError, InvalidSignalError, WriteError
 from ..result import APPEND, COPY, UPSERT, WriteResult
 from ..schema.model import KEY_COLUMNS
 from .append import (
@@ -86,7 +86,13 @@ from .statements import (
     truncate_stage,
     upsert_statement,
 )
-from .validation import Row, RowStats, validate_signals
+from .validation import (
+    Row,
+    RowStats,
+    first_metadata_error,
+    validate_signals,
+    with_metadata_encoded,
+)
 
 __all__ = [
     "DECOMPRESSION_SETTING",
@@ -273,6 +279,14 @@ class Writer:
         if (
             self.append_fast_path
             and isinstance(signals, Sequence)
+            and self.batch_threshold <= len(signals) <= batch_size
+            and supports_copy(connection)
+            and self._may_append(connection)
+        ):
+            return self._write_one_batch(connection, signals, batch_size, own_transaction, progress)
+        if (
+            self.append_fast_path
+            and isinstance(signals, Sequence)
             and batch_size < len(signals)
             and len(signals) >= self.batch_threshold
             and supports_copy(connection)
@@ -372,6 +386,56 @@ class Writer:
                 raise
             raise error from exc
 
+    def _write_one_batch(
+        self,
+        connection: Connection,
+        signals: Sequence[Any],
+        batch_size: int,
+        own: bool,
+        progress: Progress,
+    ) -> WriteResult:
+        """A sequence held in one batch, COPY-sized: the append fast path, else the merge.
+
+        Everything but the metadata is validated first (the probe and the write order need
+        the keys); the metadata is encoded while the COPY streams, overlapping the server's
+        work. An invalid signal is reported by its lowest index, as the one-pass validation
+        would: an earlier invalid metadata wins over a later invalid field.
+        """
+        stats = RowStats(batch_size)
+        raw = validate_signals(signals, stats=stats, encode_metadata=False)
+        try:
+            try:
+                rows = list(raw)
+            except InvalidSignalError as exc:
+                raise first_metadata_error(signals, exc.index) or exc from None
+            if stats.ordered or stats.duplicates == 0:
+                progress.method = COPY
+                table = self.table
+                in_order = rows if stats.ordered else in_write_order(rows)
+                appended = self._append(
+                    connection,
+                    lambda: series_ranges(rows),
+                    own,
+                    lambda: copy_rows_into_table(
+                        connection, table, _encoded_metadata(in_order, signals)
+                    ),
+                    lambda: len(rows),
+                )
+                if appended is not None:
+                    return appended
+            encoded = iter(list(_encoded_metadata(rows, signals)))
+            return self._write(connection, encoded, stats, batch_size, own, progress, append=False)
+        except BaseException as exc:
+            if exc is stats.error or isinstance(exc, InvalidSignalError):
+                raise  # the caller's sequence, or an invalid signal
+            error = _failure(connection, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            raw.close()
+            progress.received = stats.count
+
     def _append_sequence(
         self,
         connection: Connection,
@@ -444,7 +508,14 @@ class Writer:
                     return None
                 copy()
             except BaseException as exc:
-                if (stats is not None and exc is stats.error) or not _abandons_append(exc):
+                if isinstance(exc, InvalidSignalError) or (
+                    stats is not None and exc is stats.error
+                ):
+                    # The input failed mid-COPY, not the connection: leave the savepoint
+                    # closed so the caller's rollback (of its own savepoint) finds it so.
+                    savepoint.rollback()
+                    raise
+                if not _abandons_append(exc):
                     raise  # the caller rolls back (a lost connection must not be used here)
                 savepoint.rollback()
                 return None
@@ -460,6 +531,8 @@ class Writer:
         batch_size: int,
         own: bool,
         progress: Progress,
+        *,
+        append: bool = True,
     ) -> WriteResult:
         dialect = connection.dialect
         if dialect.name not in ("postgresql", "sqlite"):
@@ -480,7 +553,8 @@ class Writer:
             with self._decompression(connection, own):
                 return self._pg_upsert(connection, first, stats)
         if (
-            following is None
+            append
+            and following is None
             and (stats.ordered or stats.duplicates == 0)
             and self._may_append(connection)
         ):
@@ -688,6 +762,15 @@ def _abandons_append(exc: BaseException) -> bool:
         return True
     orig = getattr(exc, "orig", None) or exc
     return getattr(orig, "sqlstate", None) in _APPEND_FALLBACK_SQLSTATES
+
+
+def _encoded_metadata(rows: Iterable[Row], signals: Sequence[Any]) -> Iterator[Row]:
+    """:func:`with_metadata_encoded`, reporting the lowest-indexed invalid metadata of
+    ``signals`` (``rows`` may come in write order)."""
+    try:
+        yield from with_metadata_encoded(rows)
+    except InvalidSignalError as exc:
+        raise first_metadata_error(signals, exc.index) or exc from None
 
 
 def _in_write_order_only(rows: Iterable[Row]) -> Iterator[Row]:
