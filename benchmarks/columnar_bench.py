@@ -31,7 +31,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -39,23 +40,15 @@ import polars as pl
 import psycopg
 import pyarrow as pa
 from prometheus_client import CollectorRegistry
-from psycopg.types.json import Jsonb
 from sqlalchemy import MetaData, Table, create_engine, text
 from sqlalchemy.engine import make_url
 
 from sa_signals import SignalsQueryClient, SignalsStoreClient, signals_table
 
+sys.path.insert(0, str(Path(__file__).parent))
+from write_bench import BASE, NAIVE_STAGE, copy_naive, make_signal
+
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/bench_col"
-BASE = datetime(2025, 1, 1, tzinfo=timezone.utc)
-PROVIDERS = ("ibkr_primary", "polygon")
-SYMBOLS = ("SPY", "QQQ", "AAPL", "MSFT", "NVDA", "TSLA", "AMZN", "META", "GOOG", "IWM")
-NAMES = ("vwap_cross_up", "volatility_spike", "momentum_signal", "rsi_oversold")
-COLUMNS = ("provider", "symbol", "ts", "name", "value", "score", "metadata")
-TYPES = ["text", "text", "timestamptz", "text", "float8", "float8", "jsonb"]
-STAGE = (
-    "CREATE TEMP TABLE tmp_signals (provider text, symbol text, ts timestamptz, name text, "
-    "value float8, score float8, metadata jsonb) ON COMMIT DROP"
-)
 MERGE = """
     INSERT INTO bench_col AS t (provider, symbol, ts, name, value, score, metadata)
     SELECT provider, symbol, ts, name, value, score, metadata FROM tmp_signals
@@ -65,18 +58,6 @@ MERGE = """
        OR t.score IS DISTINCT FROM excluded.score
        OR t.metadata IS DISTINCT FROM excluded.metadata
 """
-
-
-def make_signal(i: int) -> SimpleNamespace:
-    return SimpleNamespace(
-        provider=PROVIDERS[i % 2],
-        symbol=SYMBOLS[(i // 2) % 10],
-        ts=BASE + timedelta(seconds=i // 80),
-        name=NAMES[(i // 20) % 4],
-        value=1.0 + (i % 7),
-        score=0.5 if i % 3 else None,
-        metadata={"window": "1m", "price": 400.0 + i % 50, "n": i % 11},
-    )
 
 
 def as_arrow(signals: list[SimpleNamespace]) -> pa.Table:
@@ -133,48 +114,16 @@ class Bench:
             return int(conn.execute(text("SELECT count(*) FROM bench_col")).scalar_one())
 
     def baseline(self) -> None:
-        conn = self.psycopg
-        with conn.cursor() as cur:
-            cur.execute(STAGE)
-            with cur.copy(
-                f"COPY tmp_signals ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(TYPES)
-                for s in self.data:
-                    copy.write_row(
-                        (
-                            s.provider,
-                            s.symbol.upper(),
-                            s.ts,
-                            s.name,
-                            s.value,
-                            s.score,
-                            None if s.metadata is None else Jsonb(s.metadata),
-                        )
-                    )
+        with self.psycopg.cursor() as cur:
+            cur.execute(NAIVE_STAGE)
+            copy_naive(cur, "tmp_signals", self.data)
             cur.execute(MERGE)
-        conn.commit()
+        self.psycopg.commit()
 
     def ceiling(self) -> None:
-        conn = self.psycopg
-        with conn.cursor() as cur:
-            with cur.copy(
-                f"COPY bench_col ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(TYPES)
-                for s in self.data:
-                    copy.write_row(
-                        (
-                            s.provider,
-                            s.symbol.upper(),
-                            s.ts,
-                            s.name,
-                            s.value,
-                            s.score,
-                            None if s.metadata is None else Jsonb(s.metadata),
-                        )
-                    )
-        conn.commit()
+        with self.psycopg.cursor() as cur:
+            copy_naive(cur, "bench_col", self.data)
+        self.psycopg.commit()
 
     def close(self) -> None:
         self.merge.__exit__(None, None, None)
