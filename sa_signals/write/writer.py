@@ -409,17 +409,8 @@ class Writer:
             except InvalidSignalError as exc:
                 raise first_metadata_error(signals, exc.index) or exc from None
             if stats.ordered or stats.duplicates == 0:
-                progress.method = COPY
-                table = self.table
-                in_order = rows if stats.ordered else in_write_order(rows)
-                appended = self._append(
-                    connection,
-                    lambda: series_ranges(rows),
-                    own,
-                    lambda: copy_rows_into_table(
-                        connection, table, _encoded_metadata(in_order, signals)
-                    ),
-                    lambda: len(rows),
+                appended = self._append_batch(
+                    connection, rows, stats, own, progress, lambda r: _encoded_metadata(r, signals)
                 )
                 if appended is not None:
                     return appended
@@ -435,6 +426,31 @@ class Writer:
         finally:
             raw.close()
             progress.received = stats.count
+
+    def _append_batch(
+        self,
+        connection: Connection,
+        rows: list[Row],
+        stats: RowStats,
+        own: bool,
+        progress: Progress,
+        encode: Callable[[Iterable[Row]], Iterable[Row]] | None = None,
+    ) -> WriteResult | None:
+        """The append fast path for ``rows`` (unique keys), in write order; ``None``: merge.
+
+        ``encode``: applied to the rows on their way into the COPY (deferred metadata)."""
+        progress.method = COPY
+        table = self.table
+        in_order: Iterable[Row] = rows if stats.ordered else in_write_order(rows)
+        if encode is not None:
+            in_order = encode(in_order)
+        return self._append(
+            connection,
+            lambda: series_ranges(rows),
+            own,
+            lambda: copy_rows_into_table(connection, table, in_order),
+            lambda: len(rows),
+        )
 
     def _append_sequence(
         self,
@@ -560,16 +576,7 @@ class Writer:
         ):
             # All of the call is here, keys unique: the append fast path may apply, in write
             # order (see _append).
-            progress.method = COPY
-            table = self.table
-            rows_in_order = first if stats.ordered else in_write_order(first)
-            appended = self._append(
-                connection,
-                lambda: series_ranges(first),
-                own,
-                lambda: copy_rows_into_table(connection, table, rows_in_order),
-                lambda: len(first),
-            )
+            appended = self._append_batch(connection, first, stats, own, progress)
             if appended is not None:
                 return appended
 
