@@ -22,7 +22,8 @@ and writes each key once (the last occurrence wins), whatever its size and ``bat
 The append fast path (:mod:`sa_signals.write.append`): a call whose keys are unique and which
 an index probe proves new (no stored row of its series within its time range) is COPYed
 straight into the table, in write order, inside a savepoint: a list held in one batch (sorted
-in Python when it is not in order), a list of several batches whose keys arrive in write order
+in Python when it is not in order; its metadata encoded while the COPY streams, the lowest
+index still reported for bad input), a list of several batches whose keys arrive in write order
 (the probe sees the first batch), or a DataFrame (sorted by Arrow). A unique violation, a
 deadlock or a key out of order rolls the savepoint back and the call merges as above (a list
 is read again); generators of several batches always merge. DataFrames
