@@ -158,15 +158,18 @@ def _pglite_timescale() -> Iterator[tuple[URL, Callable[[], None]]]:
             if time.monotonic() > deadline:
                 raise Unavailable("PGlite TimescaleDB server did not start within 90 s")
             time.sleep(0.1)
-        yield URL.create(
-            "postgresql+psycopg",
-            username="postgres",
-            password="postgres",
-            host="127.0.0.1",
-            port=port,
-            database="postgres",
-            query={"sslmode": "disable"},
-        ), lambda: _alive(process, Path(log.name))
+        yield (
+            URL.create(
+                "postgresql+psycopg",
+                username="postgres",
+                password="postgres",
+                host="127.0.0.1",
+                port=port,
+                database="postgres",
+                query={"sslmode": "disable"},
+            ),
+            lambda: _alive(process, Path(log.name)),
+        )
     finally:
         process.terminate()
         try:

@@ -358,6 +358,24 @@ def test_in_call_duplicates_never_take_the_append_path(pg_db: Database) -> None:
     assert stored(pg_db) == expected(batch)
 
 
+def test_a_one_batch_list_whose_timestamps_go_back_is_appended_when_its_keys_are_unique(
+    pg_db: Database,
+) -> None:
+    """Timestamps that go back leave the per-row loop unable to count repeats; a list held in
+    one batch is counted from its keys, so unique keys still take the append path and a
+    repeated one still merges (last occurrence wins)."""
+    if pg_db.pglite:
+        pytest.skip("no COPY on the WebAssembly TimescaleDB server")
+    backwards = list(reversed(items(40)))
+    repeated = list(reversed(items(40, start=100))) + items(5, start=100, value=9.0)
+    with sync_client(pg_db, batch_threshold=10) as client:
+        first = client.upsert(backwards)
+        second = client.upsert(repeated)
+    assert first.methods == ("COPY", "APPEND") and counts(first) == (40, 40, 0, 0)
+    assert second.methods == ("COPY",) and counts(second) == (45, 40, 0, 0)
+    assert stored(pg_db) == expected(backwards + repeated)
+
+
 def test_append_fast_path_can_be_turned_off(pg_db: Database) -> None:
     if pg_db.pglite:
         pytest.skip("no COPY on the WebAssembly TimescaleDB server")

@@ -409,6 +409,10 @@ class Writer:
                 rows = list(raw)
             except InvalidSignalError as exc:
                 raise first_metadata_error(signals, exc.index) or exc from None
+            if stats.duplicates is None and not stats.ordered:
+                # Timestamps went back, so the per-row loop could not count repeats: the
+                # batch is in memory, count them here (one set of keys).
+                stats.duplicates = len(rows) - len({_write_key(row) for row in rows})
             if stats.ordered or stats.duplicates == 0:
                 appended = self._append_batch(
                     connection, rows, stats, own, progress, lambda r: _encoded_metadata(r, signals)
