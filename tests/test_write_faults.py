@@ -152,6 +152,7 @@ async def test_unreachable_server_is_a_write_error_and_is_retried(
     with pytest.raises(WriteError, match="cannot connect") as info:
         await write(at(_refused_port()), signals(3))
     assert info.value.connection_lost
+    assert "sqlalche.me" not in str(info.value)  # the driver's message, not the wrapper's
     if driver == "asyncpg":
         assert isinstance(info.value.__cause__, ConnectionRefusedError)
     with _closing_server() as (port, accepted):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ..engine import async_engine, is_async_engine, sync_engine
@@ -67,8 +67,10 @@ def _retryable(error: WriteError) -> bool:
 def _connect_error(exc: BaseException) -> WriteError:
     if isinstance(exc, PoolTimeoutError):
         return WriteError(f"no connection available from the pool, nothing was kept: {exc}")
+    # The driver's own message (SQLAlchemy's wrapper adds its SQL and a documentation link).
+    reason = exc.orig if isinstance(exc, DBAPIError) else exc
     return WriteError(
-        f"cannot connect to the database, nothing was kept: {exc}", connection_lost=True
+        f"cannot connect to the database, nothing was kept: {reason}", connection_lost=True
     )
 
 
