@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from sa_signals import ConfigurationError, SignalsQueryClient, SignalsStoreClient, signals_metadata
+from sa_signals import (
+    AsyncSignalsStoreClient,
+    ConfigurationError,
+    SignalsQueryClient,
+    SignalsStoreClient,
+    signals_metadata,
+)
 from sa_signals.engine import normalize_url, sync_engine
 
 from .conftest import Database
@@ -49,12 +55,15 @@ def test_ssl_options_follow_the_driver() -> None:
 @pytest.mark.parametrize("uri", ["mysql://u@h/db", "mssql+pyodbc://u@dsn", "nosuch://x"])
 def test_unsupported_backends_are_refused_naming_the_supported_ones(uri: str) -> None:
     backend = uri.split(":")[0].split("+")[0]
-    with pytest.raises(ConfigurationError) as error:
-        SignalsStoreClient(uri).__enter__()
-    assert str(error.value) == (
+    message = (
         f"database backend {backend!r} is not supported; sa_signals runs on postgresql "
         "(plain or with TimescaleDB) and sqlite"
     )
+    # Every client refuses it when it is made, before any connection is tried.
+    for client in (SignalsStoreClient, AsyncSignalsStoreClient, SignalsQueryClient):
+        with pytest.raises(ConfigurationError) as error:
+            client(uri)
+        assert str(error.value) == message
 
 
 @pytest.mark.sqlite

@@ -35,7 +35,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from ..engine import async_engine, is_async_engine, sync_engine
+from ..engine import async_engine, is_async_engine, normalize_url, sync_engine
 from ..errors import ClientStateError, ConfigurationError, WriteError
 from ..metrics import write_metrics
 from ..result import WriteResult
@@ -210,6 +210,8 @@ class SignalsStoreClient(_ClientBase):
             max_tuples_decompressed,
             append_fast_path,
         )
+        if isinstance(uri, (str, URL)):
+            normalize_url(uri)  # an unsupported backend fails here, as for the query clients
         self._uri = uri
         self._engine_kwargs = engine_kwargs
         self._engine: Engine | None = None
@@ -325,6 +327,8 @@ class AsyncSignalsStoreClient(_ClientBase):
             max_tuples_decompressed,
             append_fast_path,
         )
+        if isinstance(uri, (str, URL)):
+            normalize_url(uri, asynchronous=True)  # an unsupported backend fails here
         self._uri = uri
         self._engine_kwargs = engine_kwargs
         self._engine: AsyncEngine | None = None
