@@ -303,14 +303,8 @@ class Writer:
         stats = RowStats(batch_size)
         rows = validate_signals(signals, stats=stats)
         try:
-            return self._write(connection, rows, stats, batch_size, own_transaction, progress)
-        except BaseException as exc:
-            if exc is stats.error:  # the caller's iterable, or InvalidSignalError
-                raise
-            error = _failure(connection, exc)
-            if error is exc:
-                raise
-            raise error from exc
+            with _write_errors(connection, stats):
+                return self._write(connection, rows, stats, batch_size, own_transaction, progress)
         finally:
             rows.close()
             progress.received = stats.count
@@ -330,7 +324,7 @@ class Writer:
         progress.received = count = rows.count
         if not count:
             return WriteResult()
-        try:
+        with _write_errors(connection):
             if (
                 connection.dialect.name != "postgresql"
                 or not supports_copy(connection)
@@ -381,11 +375,6 @@ class Writer:
             else:
                 kind, distinct = MergeKind.DEDUPLICATED, rows.distinct
             return self._merge_stage(connection, count, kind, distinct, own, COPY, bounds)
-        except BaseException as exc:
-            error = _failure(connection, exc)
-            if error is exc:
-                raise
-            raise error from exc
 
     def _write_one_batch(
         self,
@@ -405,29 +394,30 @@ class Writer:
         stats = RowStats(batch_size)
         raw = validate_signals(signals, stats=stats, encode_metadata=False)
         try:
-            try:
-                rows = list(raw)
-            except InvalidSignalError as exc:
-                raise first_metadata_error(signals, exc.index) or exc from None
-            if stats.duplicates is None and not stats.ordered:
-                # Timestamps went back, so the per-row loop could not count repeats: the
-                # batch is in memory, count them here (one set of keys).
-                stats.duplicates = len(rows) - len({_write_key(row) for row in rows})
-            if stats.ordered or stats.duplicates == 0:
-                appended = self._append_batch(
-                    connection, rows, stats, own, progress, lambda r: _encoded_metadata(r, signals)
+            with _write_errors(connection, stats):
+                try:
+                    rows = list(raw)
+                except InvalidSignalError as exc:
+                    raise first_metadata_error(signals, exc.index) or exc from None
+                if stats.duplicates is None and not stats.ordered:
+                    # Timestamps went back, so the per-row loop could not count repeats: the
+                    # batch is in memory, count them here (one set of keys).
+                    stats.duplicates = len(rows) - len({_write_key(row) for row in rows})
+                if stats.ordered or stats.duplicates == 0:
+                    appended = self._append_batch(
+                        connection,
+                        rows,
+                        stats,
+                        own,
+                        progress,
+                        lambda r: _encoded_metadata(r, signals),
+                    )
+                    if appended is not None:
+                        return appended
+                encoded = iter(list(_encoded_metadata(rows, signals)))
+                return self._write(
+                    connection, encoded, stats, batch_size, own, progress, append=False
                 )
-                if appended is not None:
-                    return appended
-            encoded = iter(list(_encoded_metadata(rows, signals)))
-            return self._write(connection, encoded, stats, batch_size, own, progress, append=False)
-        except BaseException as exc:
-            if exc is stats.error or isinstance(exc, InvalidSignalError):
-                raise  # the caller's sequence, or an invalid signal
-            error = _failure(connection, exc)
-            if error is exc:
-                raise
-            raise error from exc
         finally:
             raw.close()
             progress.received = stats.count
@@ -477,24 +467,18 @@ class Writer:
         rows = validate_signals(signals, stats=stats)
         table = self.table
         try:
-            first = list(islice(rows, batch_size))
-            progress.method = COPY
-            ordered = _in_write_order_only(chain(first, rows))
-            return self._append(
-                connection,
-                lambda: series_ranges(first),
-                own,
-                lambda: copy_rows_into_table(connection, table, ordered),
-                lambda: stats.count,
-                stats,
-            )
-        except BaseException as exc:
-            if exc is stats.error:  # the caller's iterable, or InvalidSignalError
-                raise
-            error = _failure(connection, exc)
-            if error is exc:
-                raise
-            raise error from exc
+            with _write_errors(connection, stats):
+                first = list(islice(rows, batch_size))
+                progress.method = COPY
+                ordered = _in_write_order_only(chain(first, rows))
+                return self._append(
+                    connection,
+                    lambda: series_ranges(first),
+                    own,
+                    lambda: copy_rows_into_table(connection, table, ordered),
+                    lambda: stats.count,
+                    stats,
+                )
         finally:
             rows.close()
             progress.received = stats.count
@@ -794,6 +778,21 @@ def _in_write_order_only(rows: Iterable[Row]) -> Iterator[Row]:
             raise _OutOfOrder
         last = key
         yield row
+
+
+@contextmanager
+def _write_errors(connection: Connection, stats: RowStats | None = None) -> Iterator[None]:
+    """Turn database and driver failures inside into :class:`WriteError`; an exception of the
+    caller's iterable (``stats.error``, invalid signals included) propagates unchanged."""
+    try:
+        yield
+    except BaseException as exc:
+        if stats is not None and exc is stats.error:
+            raise
+        error = _failure(connection, exc)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def _failure(connection: Connection, exc: BaseException) -> BaseException:
