@@ -14,11 +14,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, MetaData, create_engine, event, insert
+from sqlalchemy import Engine, MetaData, column, create_engine, event, insert, text
 from sqlalchemy.util import greenlet_spawn
 
 from sa_signals import AsyncSignalsQueryClient, QueryError, SignalsQueryClient, signals_table
-from sa_signals.read.direct import CONNECTION_EVENTS, DIALECT_EVENTS, DirectRunner
+from sa_signals.read.direct import CONNECTION_EVENTS, DIALECT_EVENTS, DirectRunner, _numbered
 from sa_signals.read.queries import (
     QueryPlan,
     plan_active,
@@ -98,6 +98,52 @@ async def test_every_spec_query_runs_directly_on_asyncpg(postgres_db: Database) 
             rows = await greenlet_spawn(runner.rows, plan)
             assert rows is not None, name
             assert plan.finish(rows) == _ordinary(sync, plan), name
+    finally:
+        await engine.dispose()
+        sync.dispose()
+
+
+def _percent_plan(pad: int) -> QueryPlan[Any]:
+    """A statement with a literal ``%``, a parameter used twice and ``pad`` characters of
+    comment (psycopg caches its own parse only for statements under 4 KiB)."""
+    sql = f"/* {'x' * pad} */ SELECT CAST(:a AS text) || '%' || :a || '%%(b)s' AS v, :b AS w"
+    statement = text(sql).columns(column("v"), column("w"))
+    return QueryPlan(statement, {"a": "50%", "b": 7}, lambda rows: [tuple(r) for r in rows])
+
+
+@pytest.mark.parametrize("pad", [0, 5000])
+def test_percent_signs_and_repeated_parameters_survive_the_numbered_sql(
+    postgres_db: Database, pad: int
+) -> None:
+    engine = create_engine(postgres_db.url)
+    try:
+        runner = DirectRunner(engine)
+        plan = _percent_plan(pad)
+        for _ in range(7):  # psycopg prepares the statement from its sixth run
+            rows = runner.rows(plan)
+            assert rows is not None
+            assert plan.finish(rows) == _ordinary(engine, plan) == [("50%%50%%%(b)s", 7)]
+    finally:
+        engine.dispose()
+
+
+def test_pyformat_sql_is_numbered_once_per_statement() -> None:
+    sql = "SELECT %(a)s, '%%', %(b)s, %(a)s, '%%(c)s'"
+    assert _numbered(sql) == ("SELECT $1, '%', $2, $1, '%(c)s'", ("a", "b"))
+    assert _numbered("SELECT 1") == ("SELECT 1", ())
+    assert _numbered("SELECT '%s'") is None  # not SQLAlchemy's pyformat: left as it is
+
+
+async def test_percent_signs_on_an_async_psycopg_engine(postgres_db: Database) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(postgres_db.url.set(drivername="postgresql+psycopg_async"))
+    sync = create_engine(postgres_db.url)
+    try:
+        runner = DirectRunner(engine.sync_engine)
+        plan = _percent_plan(5000)
+        rows = await greenlet_spawn(runner.rows, plan)
+        assert rows is not None and plan.finish(rows) == _ordinary(sync, plan)
     finally:
         await engine.dispose()
         sync.dispose()

@@ -14,10 +14,13 @@ cursor's rows. Only documented SQLAlchemy interfaces are used:
 - the path is taken only while the engine has no listener for an event ``Connection.execute``
   fires (``Engine.dispatch``, ``Dialect.dispatch``), does not log SQL (``Engine.logger``), and
   has no execution option other than its isolation level;
-- on psycopg the SQL runs on a DBAPI cursor of ``PoolProxiedConnection``; on asyncpg it runs
-  with asyncpg's own ``fetch`` through ``AdaptedConnection.run_async`` (the documented way to
-  reach the asyncio driver from SQLAlchemy's synchronous side), with the JSON codecs
-  SQLAlchemy installed on the connection;
+- on psycopg the SQL runs on a cursor of the pooled ``psycopg.Connection``: a ``RawCursor``
+  (psycopg 3.2+) given the SQL with its ``%(name)s`` placeholders turned into ``$n`` once per
+  statement, so that psycopg does not parse the SQL again on every call (it caches that parse
+  only for statements under 4 KiB; a rollup read is longer), else an ordinary cursor; on
+  asyncpg it runs with asyncpg's own ``fetch`` through ``AdaptedConnection.run_async`` (the
+  documented way to reach the asyncio driver from SQLAlchemy's synchronous side), with the JSON
+  codecs SQLAlchemy installed on the connection;
 - a connection found lost (``Dialect.is_disconnect`` on psycopg; ``is_closed()`` or a
   non-server error on asyncpg) or interrupted is invalidated, as the ordinary path does; the
   failure is raised as is (the clients turn it into :class:`~sa_signals.errors.QueryError`).
@@ -28,6 +31,7 @@ Statements with expanding or literal-execute parameters take the ordinary path.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,6 +59,31 @@ DIALECT_EVENTS = ("do_execute", "do_execute_no_params", "do_setinputsizes", "han
 
 _Processor = Callable[[Any], Any]
 
+#: A ``pyformat`` placeholder or an escaped percent sign in SQLAlchemy's compiled SQL.
+_PYFORMAT = re.compile(r"%\(([^)]*)\)s|%%|%")
+
+
+def _numbered(sql: str) -> tuple[str, tuple[str, ...]] | None:
+    """``sql`` with its ``%(name)s`` placeholders as ``$1``... (a name used twice keeps its
+    number) and ``%%`` as ``%``, with the names in number order; ``None`` when it has any other
+    ``%`` (not SQL SQLAlchemy compiled for ``pyformat``: the ordinary cursor takes it)."""
+    names: dict[str, int] = {}
+    odd = False
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal odd
+        token = match.group(0)
+        if token == "%%":
+            return "%"
+        if token == "%":
+            odd = True
+            return token
+        number = names.setdefault(match.group(1), len(names) + 1)
+        return f"${number}"
+
+    converted = _PYFORMAT.sub(replace, sql)
+    return None if odd else (converted, tuple(names))
+
 
 class _Compiled:
     """One statement compiled for the engine's dialect, with what a call needs of it."""
@@ -72,7 +101,7 @@ class _Compiled:
         self.sql = sql
         #: Parameters that carry their own value (constants of the statement), processed.
         self.fixed = fixed
-        #: Positional drivers (asyncpg): parameter names in placeholder order.
+        #: Parameter names in placeholder order, for asyncpg and psycopg's ``RawCursor``.
         self.order = order
         #: Bind processors of the parameters a call supplies.
         self.processors = processors
@@ -102,6 +131,14 @@ class DirectRunner:
         #: never called by the clients.
         self.enabled = engine.dialect.driver in ("psycopg", "asyncpg")
         self._asyncpg = engine.dialect.driver == "asyncpg"
+        # psycopg's cursor for SQL with $n placeholders (3.2+), on a synchronous engine (whose
+        # pooled connections are psycopg.Connection); otherwise the statements keep
+        # SQLAlchemy's pyformat SQL and the DBAPI cursor.
+        self._raw_cursor: Any = None
+        if engine.dialect.driver == "psycopg" and not engine.dialect.is_async:
+            import psycopg
+
+            self._raw_cursor = getattr(psycopg, "RawCursor", None)
         # statement -> its compiled form, or None: the statement takes the ordinary path.
         self._compiled: dict[Executable, _Compiled | None] = {}
 
@@ -135,9 +172,14 @@ class DirectRunner:
             else:
                 value = bind.effective_value
                 fixed[name] = value if process is None else process(value)
+        sql: str = compiled.string
         order = tuple(compiled.positiontup) if compiled.positional else None
+        if order is None and self._raw_cursor is not None:
+            numbered = _numbered(sql)
+            if numbered is not None and set(numbered[1]) <= set(compiled.bind_names.values()):
+                sql, order = numbered
         types = [column.type for column in statement.selected_columns]  # type: ignore[attr-defined]
-        return _Compiled(compiled.string, fixed, order, processors, types)
+        return _Compiled(sql, fixed, order, processors, types)
 
     def _entry(self, statement: Executable) -> _Compiled | None:
         try:
@@ -208,7 +250,7 @@ class DirectRunner:
                 return rows
             rows = adapted.run_async(lambda driver: driver.fetch(sql, *parameters))
             return rows
-        cursor = raw.cursor()
+        cursor = raw.cursor() if entry.order is None else self._raw_cursor(raw.dbapi_connection)
         try:
             cursor.execute(entry.sql, parameters)
             if not entry.checked:
