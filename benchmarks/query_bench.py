@@ -427,7 +427,7 @@ def check_plans(url: str, table: Table, newest: datetime) -> bool:
 
 # Dense series, as a model scoring a few instruments continuously would write: 16 series with
 # one signal every ~41 s each (2M over 60 days). ``--series-shape sparse`` spreads the same rows
-# over 100 series (one every ~43 min each, 2 providers): the rollup helps the 30-day summary as
+# over 100 series (one every ~4.3 min each, 2 providers): the rollup helps the 30-day summary as
 # much, a single series' metrics much less (there are only 10,000 rows to scan per series).
 ROLLUP_SHAPES = {
     "dense": (["provider_0"], [f"SYM{i:03d}" for i in range(4)], [f"signal_{i}" for i in range(4)]),
@@ -583,8 +583,9 @@ def rollup_main(args: argparse.Namespace) -> int:
     print(
         f"\n{args.rows:,} rows over {ROLLUP_SPAN.days} days in {count} "
         f"series ({args.series_shape}), rollups 1h + 1d, {args.iterations} "
-        f"calls x {args.rounds} rounds per mode; median over rounds of the p50 in ms; "
-        "ratio raw / rollup per round, then the median"
+        f"calls x {args.rounds} rounds per mode; raw, rollup: median over rounds of each "
+        "round's p50 in ms; ratio: median over rounds of raw / rollup within the round; "
+        "raw/rollup: the quotient of the two medians; rounds: the lowest and highest round ratio"
     )
     print(
         "  blocks: each contender's calls back to back (its connection stays warm), the order of "
@@ -601,20 +602,32 @@ def rollup_main(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"results_equal": same, "select1_ms": idle}
     for mode in modes:
         print(f"\n[{mode}]")
-        print(f"{'query':16s} {'raw':>10s} {'rollup':>10s} {'ratio':>8s} {'target':>8s}")
+        print(
+            f"{'query':16s} {'raw':>10s} {'rollup':>10s} {'ratio':>8s} {'raw/rollup':>10s} "
+            f"{'rounds':>13s} {'target':>8s}"
+        )
         mode_ok = True
         for name in ROLLUP_QUERIES:
             raw_ms = statistics.median(results[mode][name]["raw"])
             rollup_ms = statistics.median(results[mode][name]["rollup"])
             ratio = statistics.median(ratios[mode][name])
+            quotient = raw_ms / rollup_ms
+            low, high = min(ratios[mode][name]), max(ratios[mode][name])
             target = ROLLUP_TARGETS.get(name)
             print(
-                f"{name:16s} {raw_ms:10.2f} {rollup_ms:10.2f} {ratio:8.1f} "
-                f"{(f'>= {target:.0f}' if target else '-'):>8s}"
+                f"{name:16s} {raw_ms:10.2f} {rollup_ms:10.2f} {ratio:8.1f} {quotient:10.1f} "
+                f"{f'{low:.1f}-{high:.1f}':>13s} {(f'>= {target:.0f}' if target else '-'):>8s}"
             )
-            report[f"{mode}:{name}"] = {"raw_ms": raw_ms, "rollup_ms": rollup_ms, "ratio": ratio}
+            report[f"{mode}:{name}"] = {
+                "raw_ms": raw_ms,
+                "rollup_ms": rollup_ms,
+                "ratio": ratio,
+                "quotient_of_medians": quotient,
+                "round_ratios": ratios[mode][name],
+            }
             if target is not None:
-                mode_ok &= ratio >= target
+                # Both statistics: a target met by one and not the other is within the noise.
+                mode_ok &= min(ratio, quotient) >= target
         print(f"targets {'MET' if mode_ok else 'NOT MET'} ({mode})")
         ok &= mode_ok
     print(f"\nresults equal (1e-9 relative): {same}")
