@@ -27,7 +27,8 @@ from sa_signals import (
     signals_table,
 )
 from sa_signals.errors import QueryError
-from sa_signals.read.rollups import RollupState, cover, cover_ctes
+from sa_signals.read import rollups
+from sa_signals.read.rollups import RollupState, _horizon, cover, cover_ctes
 from sa_signals.schema.aggregates import Rollup, get_rollups
 
 from .conftest import Database
@@ -224,6 +225,53 @@ def test_the_query_clients_use_the_rollups(pair: Pair) -> None:
     assert [b["bucket"] for b in buckets][1:-1] == [b["bucket"] for b in raw_buckets][1:-1]
     _same(buckets[1:-1], raw_buckets[1:-1])
     assert end
+
+
+def test_the_horizon_is_the_windows_age_and_a_day_rounded_up_on_the_ladder() -> None:
+    now = datetime.now(UTC)
+    assert _horizon(now - timedelta(days=30)) == 32
+    assert _horizon(now - timedelta(hours=24)) == 2
+    assert _horizon(now - timedelta(days=7)) == 8
+    assert _horizon(now - timedelta(days=7, hours=1)) == 32
+    assert _horizon(now + timedelta(days=3)) == 2  # a window starting in the future
+    assert _horizon(now - timedelta(days=2047)) == 2048
+    assert _horizon(now - timedelta(days=2048)) is None
+    assert _horizon(datetime.min.replace(tzinfo=UTC)) is None
+
+
+@pytest.mark.parametrize("query", ["summary", "metrics", "buckets"])
+def test_a_horizon_that_would_cut_the_window_falls_back_to_the_raw_table(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, query: str
+) -> None:
+    """The signals-table reads are bounded by ``now() - horizon`` on the server's clock; where
+    that bound lies inside the window (a server clock days ahead of the client's, simulated
+    here by a negative margin: an 8-day window gets a 2-day horizon), the statement says so
+    and the raw table answers: the answer is still the raw table's, never a truncated one."""
+    monkeypatch.setattr(rollups, "_HORIZON_MARGIN_DAYS", -29)
+    args: dict[str, Any]
+    if query == "summary":
+        method, args = "get_signal_summary", {"provider": "p", "hours_back": 24 * 8}
+    elif query == "metrics":
+        method = "get_signal_metrics"
+        args = {"provider": "p", "symbol": "BTC", "signal_name": "price", "hours_back": 24 * 8}
+    else:
+        method = "get_signal_buckets"
+        args = {
+            "provider": "p", "symbol": "ETH", "signal_name": "price", "bucket": DAY,
+            "start_ts": NOW - timedelta(days=8, minutes=41), "end_ts": NOW,
+        }  # fmt: skip
+    rolled, raw = pair.both(method, **args)
+    # The rollup statement ran, said its bound cut the window, and the raw one answered.
+    assert pair.used_rollup() and "signals_1h" not in pair.statements[-1]
+    assert "now() - CAST('2 days' AS interval)" in "".join(pair.statements)
+    _same(rolled, raw)
+    assert (rolled["total_signals"] if query == "summary" else len(rolled)) > 0
+    monkeypatch.undo()
+    rolled, raw = pair.both(method, **args)
+    assert "signals_1h" in pair.statements[-1]  # the real margin: the rollups answer
+    assert "now() - CAST('8 days' AS interval)" not in pair.statements[-1]
+    assert "now() - CAST('32 days' AS interval)" in pair.statements[-1]
+    _same(rolled, raw)
 
 
 def test_without_the_rollup_in_the_database_nothing_changes(native_timescale_db: Database) -> None:

@@ -44,6 +44,7 @@ from .queries import (
     plan_summary,
 )
 from .rollups import (
+    OutsideHorizon,
     RollupState,
     plan_buckets_rollup,
     plan_metrics_rollup,
@@ -220,6 +221,8 @@ class SignalQueryMethods:
             return self._run_plan(plan)
         try:
             return self._run_plan(made)
+        except OutsideHorizon:
+            return self._run_plan(plan)
         except QueryError:
             _forget_rollups(engine, self.table)  # e.g. a rollup dropped since
             raise
@@ -621,6 +624,8 @@ class AsyncSignalQueryMethods:
             return await self._run_plan(plan)
         try:
             return await self._run_plan(made)
+        except OutsideHorizon:
+            return await self._run_plan(plan)
         except QueryError:
             _forget_rollups(engine, self.table)
             raise

@@ -45,6 +45,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Table,
@@ -77,6 +78,7 @@ from .queries import (
 )
 
 __all__ = [
+    "OutsideHorizon",
     "RollupState",
     "cover",
     "plan_buckets_rollup",
@@ -364,6 +366,50 @@ _SINCE_AT_STARTUP = (
 )
 
 
+#: The signals-table reads also carry ``ts > now() - <horizon>``, a bound TimescaleDB evaluates
+#: when it plans (``now()`` only grows, so chunks it excludes stay excluded): the cached generic
+#: plan then holds only the chunks of the last ``horizon`` days instead of every chunk of the
+#: table. Each chunk in the plan costs at every execution (its constraints are parsed again, its
+#: scan set up, its memory touched), and most when the call follows other work: with a year of
+#: 7-day chunks the plan would hold 52 of them. The window's age is rounded up on this ladder (a
+#: few statements per table, each with its own cached plan) and the horizon is a day more, so
+#: that a server clock up to a day ahead of the client's changes nothing (further ahead, the
+#: statement says so and the raw table answers); beyond the last step there is no bound.
+_WINDOW_DAYS = (1, 7, 31, 127, 511, 2047)
+_HORIZON_MARGIN_DAYS = 1
+#: The time between the plan's ``since`` and its horizon being chosen, generously.
+_SLACK = timedelta(minutes=1)
+
+
+def _horizon(since: datetime) -> int | None:
+    """The horizon in days for a window starting at ``since`` (client clock), or ``None``."""
+    try:
+        age = datetime.now(_UTC) - since - _SLACK
+    except OverflowError:
+        return None
+    for days in _WINDOW_DAYS:
+        if age <= timedelta(days=days):
+            return days + _HORIZON_MARGIN_DAYS
+    return None
+
+
+def _horizon_bound(ts: str, days: int | None) -> str:
+    return "" if days is None else f" AND {ts} > now() - CAST('{days} days' AS interval)"
+
+
+def _horizon_check(days: int | None) -> str:
+    """True when the bound cut nothing from the window: the server's ``now()`` minus the
+    horizon lies before ``:since`` (false only with a server clock far ahead of the client's)."""
+    if days is None:
+        return "true"
+    return f"(now() - CAST('{days} days' AS interval) < CAST(:since AS timestamptz))"
+
+
+class OutsideHorizon(Exception):
+    """A rollup read's signals-table bound may have cut rows from the window (see
+    :data:`_HORIZON_DAYS`): the repositories run the raw-table plan instead."""
+
+
 def _where_series(alias: str, table: Table, name: bool = True) -> str:
     c = table.c
     where = [
@@ -380,7 +426,7 @@ def _time_name(table: Table) -> str:
     return options.time_column if options is not None else "ts"
 
 
-def _summary_sql(table: Table, levels: tuple[Rollup, ...]) -> str:
+def _summary_sql(table: Table, levels: tuple[Rollup, ...], days: int | None) -> str:
     c = table.c
     symbol, name = _q(c.symbol.name), _q(c.name.name)
     ts = f"v.{_q(_time_name(table))}"
@@ -399,12 +445,13 @@ def _summary_sql(table: Table, levels: tuple[Rollup, ...]) -> str:
         + _ranges(f"c{last}", "gaps")
         + f"CROSS JOIN LATERAL (SELECT v.{symbol} AS symbol, v.{name} AS name, count(*) AS n, "
         f"min({ts}) AS first_ts, max({ts}) AS last_ts FROM {_relation(table)} AS v "
-        f"WHERE v.{_q(c.provider.name)} = :provider AND {ts} >= {_SINCE_AT_STARTUP} "
-        f"AND {_in_range(ts)} GROUP BY v.{symbol}, v.{name}) AS s{_FEW}"
+        f"WHERE v.{_q(c.provider.name)} = :provider AND {ts} >= {_SINCE_AT_STARTUP}"
+        f"{_horizon_bound(ts, days)} AND {_in_range(ts)} GROUP BY v.{symbol}, v.{name}) AS s{_FEW}"
     )
     return (
         "SELECT CAST(sum(p.n) AS bigint), count(DISTINCT p.symbol), count(DISTINCT p.name), "
-        "max(p.last_ts), min(p.first_ts) FROM (" + " UNION ALL ".join(parts) + ") AS p"
+        f"max(p.last_ts), min(p.first_ts), {_horizon_check(days)} "
+        "FROM (" + " UNION ALL ".join(parts) + ") AS p"
     )
 
 
@@ -417,7 +464,7 @@ _NAMES = "n, lo, hi, mean, m2, large_n, large_mean, large_m2, last, last_ts, fir
 _OUT = ", ".join(f"s.{name}" for name in _NAMES.split(", "))
 
 
-def _moments_sql(table: Table, levels: tuple[Rollup, ...], bucketed: bool) -> str:
+def _moments_sql(table: Table, levels: tuple[Rollup, ...], bucketed: bool, days: int | None) -> str:
     ts = f"v.{_q(_time_name(table))}"
     value = f"v.{_q(table.c.value.name)}"
     small = f"abs({value}) <= :large_value"
@@ -447,10 +494,17 @@ def _moments_sql(table: Table, levels: tuple[Rollup, ...], bucketed: bool) -> st
         f"var_pop({scaled}) FILTER (WHERE {large}) * count(*) FILTER (WHERE {large}), "
         f"(array_agg({value} ORDER BY {ts} DESC))[1], max({ts}), min({ts}) "
         f"FROM {_relation(table)} AS v WHERE {_where_series('v', table)} "
-        f"AND {ts} >= {_SINCE_AT_STARTUP} AND {_in_range(ts)}"
+        f"AND {ts} >= {_SINCE_AT_STARTUP}{_horizon_bound(ts, days)} AND {_in_range(ts)}"
         + (f" GROUP BY {bucket}" if bucketed else "")
         + f") AS s({'bucket, ' if bucketed else ''}{_NAMES}){_FEW}"
     )  # fmt: skip
+    if bucketed:
+        # The horizon check as one more row, told apart by its NULL bucket (a part's never is):
+        # the result has it even when the window holds no signal.
+        parts.append(
+            f"SELECT NULL, CAST(CASE WHEN {_horizon_check(days)} THEN 1 ELSE 0 END AS bigint)"
+            + ", NULL" * (len(_NAMES.split(", ")) - 1)
+        )
     return " UNION ALL ".join(parts)
 
 
@@ -488,15 +542,16 @@ def _binds(statement: Any, *, moments: bool = False, bucketed: bool = False) -> 
 
 
 @lru_cache(maxsize=256)
-def _summary_statement(table: Table, levels: tuple[Rollup, ...]) -> Executable:
+def _summary_statement(table: Table, levels: tuple[Rollup, ...], days: int | None) -> Executable:
     widths = [rollup.width for rollup in levels]
-    sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)} {_summary_sql(table, levels)}"
+    sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)} {_summary_sql(table, levels, days)}"
     statement = _binds(text(sql)).columns(
         column("total", BigInteger()),
         column("symbols", BigInteger()),
         column("names", BigInteger()),
         column("latest", _TZ),
         column("earliest", _TZ),
+        column("horizon_ok", Boolean()),
     )
     return statement  # type: ignore[no-any-return]
 
@@ -519,7 +574,7 @@ _MERGED = (
     "WHERE p.n > p.large_n), q.large_n, q.large_mean, (SELECT sum(COALESCE(p.large_m2, 0) + "
     "p.large_n * ((p.large_mean - q.large_mean) * (p.large_mean - q.large_mean))) FROM p "
     "WHERE p.large_n > 0), (SELECT p.last FROM p WHERE p.n > 0 ORDER BY p.last_ts DESC "
-    "LIMIT 1), q.last_ts, q.first_ts FROM q"
+    "LIMIT 1), q.last_ts, q.first_ts, {check} FROM q"
 )
 _MERGED_COLUMNS = (
     ("n", BigInteger()),
@@ -534,20 +589,25 @@ _MERGED_COLUMNS = (
     ("last", Float()),
     ("last_ts", _TZ),
     ("first_ts", _TZ),
+    ("horizon_ok", Boolean()),
 )
 
 
 @lru_cache(maxsize=256)
-def _moments_statement(table: Table, levels: tuple[Rollup, ...], bucketed: bool) -> Executable:
+def _moments_statement(
+    table: Table, levels: tuple[Rollup, ...], bucketed: bool, days: int | None
+) -> Executable:
     widths = [rollup.width for rollup in levels]
-    parts = _moments_sql(table, levels, bucketed)
+    parts = _moments_sql(table, levels, bucketed, days)
     columns: list[Any]
     if bucketed:
         sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)} {parts}"
         columns = [column("bucket", _TZ)]
         columns += [column(name, kind) for name, kind in _MOMENT_COLUMNS]
     else:
-        sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)}" + _MERGED.format(parts=parts)
+        sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)}" + _MERGED.format(
+            parts=parts, check=_horizon_check(days)
+        )
         columns = [column(name, kind) for name, kind in _MERGED_COLUMNS]
     statement = _binds(text(sql), moments=True, bucketed=bucketed).columns(*columns)
     return statement  # type: ignore[no-any-return]
@@ -608,7 +668,9 @@ def _empty_metrics() -> SignalMetrics:
 
 def _finish_metrics(rows: Sequence[Any]) -> SignalMetrics:
     (count, low, high, small, small_mean, small_m2, large, large_mean, large_m2, last_value,
-     last_ts, first_ts) = rows[0]  # fmt: skip
+     last_ts, first_ts, horizon_ok) = rows[0]  # fmt: skip
+    if not horizon_ok:
+        raise OutsideHorizon
     if not count:
         return _empty_metrics()
     mean, stddev = _mean_and_stddev(
@@ -634,11 +696,16 @@ def _finish_metrics(rows: Sequence[Any]) -> SignalMetrics:
 def _finish_buckets(width: timedelta) -> Any:
     def finish(rows: Sequence[Any]) -> list[SignalBucket]:
         groups: dict[datetime, list[Sequence[Any]]] = {}
+        horizon_ok = False
         for row in rows:
             start = _utc(row[0])
-            assert start is not None
+            if start is None:  # the horizon check's row
+                horizon_ok = row[1] == 1
+                continue
             key = _floor(start, width) or start
             groups.setdefault(key, []).append(row[1:])
+        if not horizon_ok:
+            raise OutsideHorizon
         out: list[SignalBucket] = []
         for key in sorted(groups):
             merged = _merge(groups[key])
@@ -694,7 +761,16 @@ def plan_summary_rollup(
         "until": None,
         "provider": base.parameters["provider"],
     }
-    return QueryPlan(_summary_statement(table, levels), _state_params(levels, params), base.finish)
+    statement = _summary_statement(table, levels, _horizon(params["since"]))
+    finish = base.finish
+
+    def checked(rows: Sequence[Any]) -> SignalSummary:
+        *summary, horizon_ok = rows[0]
+        if not horizon_ok:
+            raise OutsideHorizon
+        return finish([summary])
+
+    return QueryPlan(statement, _state_params(levels, params), checked)
 
 
 def _moments_params(levels: tuple[Rollup, ...], base: QueryPlan[Any]) -> dict[str, Any]:
@@ -713,7 +789,8 @@ def plan_metrics_rollup(
     levels = _levels(rollups)
     params = _moments_params(levels, base)
     params["since"], params["until"] = base.parameters["since"], None
-    return QueryPlan(_moments_statement(table, levels, False), params, _finish_metrics)
+    statement = _moments_statement(table, levels, False, _horizon(params["since"]))
+    return QueryPlan(statement, params, _finish_metrics)
 
 
 def plan_buckets_rollup(
@@ -737,4 +814,5 @@ def plan_buckets_rollup(
     params["since"] = start
     params["until"] = None if end >= _END - _US else end + _US
     params["bucket"], params["origin"] = width, base.parameters["origin"]
-    return QueryPlan(_moments_statement(table, levels, True), params, _finish_buckets(width))
+    statement = _moments_statement(table, levels, True, _horizon(start))
+    return QueryPlan(statement, params, _finish_buckets(width))
