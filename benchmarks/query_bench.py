@@ -6,13 +6,15 @@ client and hand-written psycopg SQL (the baseline), with p50/p95 latencies and r
                                                [--reload] [--only latest metrics] [--json out.json]
     .venv/bin/python benchmarks/query_bench.py --rollup --url postgresql://...:55433/db
                                                [--schema bench_rollup] [--iterations 30]
+                                               [--span-days 365]
 
-Rollup mode (TimescaleDB): 2M signals over 60 days (dense: 16 series; sparse: 100), loaded
-through ``SignalsStoreClient`` (its COPY path) into a table with hourly and daily rollups,
-refreshed; then ``get_signal_summary`` / ``get_signal_metrics`` over 30 days, the summary over
-24 hours and daily buckets over 30 days, through the rollups and through the raw table (the
-same table declared without them) in the same run, measured two ways (each contender's calls in
-back-to-back blocks, and the two interleaved call by call); medians and raw/rollup ratios.
+Rollup mode (TimescaleDB): 2M signals over 60 days (``--span-days``; dense: 16 series; sparse:
+100), loaded through ``SignalsStoreClient`` (its COPY path) into a table with hourly and daily
+rollups, refreshed; then ``get_signal_summary`` / ``get_signal_metrics`` over 30 days, the
+summary over 24 hours and daily buckets over 30 days, through the rollups and through the raw
+table (the same table declared without them) in the same run, measured two ways (each
+contender's calls in back-to-back blocks, and the two interleaved call by call); medians and
+raw/rollup ratios.
 
 The database is created when missing; the table is loaded once with binary COPY (4 providers x
 100 symbols x 10 names, timestamps spread over the last 7 days, newest at load time) and kept
@@ -442,9 +444,12 @@ ROLLUP_QUERIES = ("summary_30d", "metrics_30d", "summary_24h", "buckets_1d_30d")
 ROLLUP_TARGETS = {"summary_30d": 20.0, "metrics_30d": 20.0, "summary_24h": 5.0}
 
 
-def rollup_load(url: str, schema: str, rows: int, reload: bool, shape: str) -> tuple[Table, Table]:
+def rollup_load(
+    url: str, schema: str, rows: int, reload: bool, shape: str, span: timedelta = ROLLUP_SPAN
+) -> tuple[Table, Table]:
     """The signals table with hourly and daily rollups in ``schema`` (loaded once, through the
-    store client's COPY path), refreshed; returns (with rollups, the same table without)."""
+    store client's COPY path, ``rows`` signals over ``span``), refreshed; returns (with rollups,
+    the same table without)."""
     from sqlalchemy import create_engine, text
 
     from sa_signals import SignalsStoreClient, TimescaleOptions
@@ -475,7 +480,7 @@ def rollup_load(url: str, schema: str, rows: int, reload: bool, shape: str) -> t
         providers, symbols, names = ROLLUP_SHAPES[shape]
         series = [(p, s, n) for p in providers for s in symbols for n in names]
         per_series = rows // len(series)
-        step = ROLLUP_SPAN / per_series
+        step = span / per_series
         newest = datetime.now(UTC).replace(microsecond=0)
         rng = random.Random(11)
         phases = [step * rng.random() for _ in series]
@@ -497,7 +502,7 @@ def rollup_load(url: str, schema: str, rows: int, reload: bool, shape: str) -> t
         loaded = time.perf_counter() - started
         total = per_series * len(series)
         print(
-            f"loaded {total:,} rows over {ROLLUP_SPAN.days} days through SignalsStoreClient "
+            f"loaded {total:,} rows over {span.days} days through SignalsStoreClient "
             f"(COPY path) in {loaded:.1f} s ({total / loaded:,.0f} rows/s)"
         )
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -524,8 +529,11 @@ def _close(a: Any, b: Any) -> bool:
 
 def rollup_main(args: argparse.Namespace) -> int:
     """Rollup vs raw table, same run, same data, interleaved call by call."""
+    span = timedelta(days=args.span_days)
     schema = f"{args.schema}_{args.series_shape}"
-    table, raw = rollup_load(args.url, schema, args.rows, args.reload, args.series_shape)
+    if span != ROLLUP_SPAN:
+        schema += f"_{args.span_days}d"
+    table, raw = rollup_load(args.url, schema, args.rows, args.reload, args.series_shape, span)
     providers, symbols, names = ROLLUP_SHAPES[args.series_shape]
     rng = random.Random(3)
     picks = [
@@ -581,7 +589,7 @@ def rollup_main(args: argparse.Namespace) -> int:
         idle = _round_trip(args.url)
     count = len(providers) * len(symbols) * len(names)
     print(
-        f"\n{args.rows:,} rows over {ROLLUP_SPAN.days} days in {count} "
+        f"\n{args.rows:,} rows over {span.days} days in {count} "
         f"series ({args.series_shape}), rollups 1h + 1d, {args.iterations} "
         f"calls x {args.rounds} rounds per mode; raw, rollup: median over rounds of each "
         "round's p50 in ms; ratio: median over rounds of raw / rollup within the round; "
@@ -674,6 +682,12 @@ def main() -> int:
         "--schema", default="bench_rollup", help="schema prefix of the rollup mode's table"
     )
     parser.add_argument("--series-shape", choices=sorted(ROLLUP_SHAPES), default="dense")
+    parser.add_argument(
+        "--span-days",
+        type=int,
+        default=ROLLUP_SPAN.days,
+        help="rollup mode: days of history the signals spread over (the window stays 30 days)",
+    )
     args = parser.parse_args()
     if args.rollup:
         ensure_database(args.url)

@@ -56,7 +56,6 @@ from sqlalchemy import (
 )
 from sqlalchemy import Interval as SQLInterval
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import Executable
 
 from ..schema.aggregates import (
@@ -288,8 +287,13 @@ _STATE_CTE = (
     "WHERE m.materialization_id = ca.mat_hypertable_id) AS p) AS invalid "
     "FROM _timescaledb_catalog.continuous_agg AS ca "
     "WHERE ca.user_view_schema = COALESCE(CAST(:rollup_schema AS text), current_schema()) "
-    "AND ca.user_view_name = ANY(CAST(:rollup_names AS text[])))"
+    "AND ca.user_view_name IN ({names}))"
 )
+
+
+def _state_cte(levels: int) -> str:
+    # The levels' names are the parameters the levels' CTEs read anyway (no array to send).
+    return _STATE_CTE.format(names=", ".join(f":rollup_{k}" for k in range(1, levels + 1)))
 
 
 def _interval(width: timedelta) -> str:
@@ -529,7 +533,6 @@ def _binds(statement: Any, *, moments: bool = False, bucketed: bool = False) -> 
         bindparam("since", type_=_TZ),
         bindparam("until", type_=_TZ),
         bindparam("rollup_schema", type_=Text()),
-        bindparam("rollup_names", type_=ARRAY(Text())),
     ]
     if moments:
         binds += [
@@ -544,7 +547,8 @@ def _binds(statement: Any, *, moments: bool = False, bucketed: bool = False) -> 
 @lru_cache(maxsize=256)
 def _summary_statement(table: Table, levels: tuple[Rollup, ...], days: int | None) -> Executable:
     widths = [rollup.width for rollup in levels]
-    sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)} {_summary_sql(table, levels, days)}"
+    summary = _summary_sql(table, levels, days)
+    sql = f"WITH {_state_cte(len(levels))}, {cover_ctes(widths)} {summary}"
     statement = _binds(text(sql)).columns(
         column("total", BigInteger()),
         column("symbols", BigInteger()),
@@ -601,11 +605,11 @@ def _moments_statement(
     parts = _moments_sql(table, levels, bucketed, days)
     columns: list[Any]
     if bucketed:
-        sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)} {parts}"
+        sql = f"WITH {_state_cte(len(levels))}, {cover_ctes(widths)} {parts}"
         columns = [column("bucket", _TZ)]
         columns += [column(name, kind) for name, kind in _MOMENT_COLUMNS]
     else:
-        sql = f"WITH {_STATE_CTE}, {cover_ctes(widths)}" + _MERGED.format(
+        sql = f"WITH {_state_cte(len(levels))}, {cover_ctes(widths)}" + _MERGED.format(
             parts=parts, check=_horizon_check(days)
         )
         columns = [column(name, kind) for name, kind in _MERGED_COLUMNS]
@@ -741,7 +745,6 @@ def _levels(rollups: Sequence[Rollup]) -> tuple[Rollup, ...]:
 
 def _state_params(levels: tuple[Rollup, ...], params: dict[str, Any]) -> dict[str, Any]:
     params["rollup_schema"] = levels[0].aggregate.schema
-    params["rollup_names"] = [rollup.aggregate.name for rollup in levels]
     for k, rollup in enumerate(levels, start=1):
         params[f"rollup_{k}"] = rollup.aggregate.name
     return params
