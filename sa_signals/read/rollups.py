@@ -20,9 +20,14 @@ read them. The answer is the raw-table computation's, not an approximation of it
   rest reads each range
   (a ``LATERAL`` index scan per range, rollups and signals table ``UNION ALL``). Catalog and
   data come from one snapshot: a write, replay or refresh committed meanwhile is seen entirely or
-  not at all. The SQL text depends only on the table and its rollups, so prepared statements
+  not at all. The SQL text depends only on the table, its rollups and the horizon, so prepared statements
   and PostgreSQL's cached generic plans serve repeated calls (planning the statement costs
   more than running it);
+* the signals-table reads are also bounded by ``now()`` minus a horizon a day longer than the
+  window (rounded up on a ladder), which TimescaleDB evaluates when planning: the cached plan
+  holds the chunks of the horizon, not those of the whole history. The statement reports
+  whether that bound cut into the window (a server clock well ahead of the client's); if it
+  did, the raw-table query answers (:class:`OutsideHorizon`);
 * the parts are merged with Chan et al.'s formula over per-part ``(count, mean, M2)`` in two
   magnitude groups, as the raw-table queries do (nothing overflows): by the statement itself
   for the metrics (one row comes back), by Python per bucket for the buckets.
@@ -411,7 +416,7 @@ def _horizon_check(days: int | None) -> str:
 
 class OutsideHorizon(Exception):
     """A rollup read's signals-table bound may have cut rows from the window (see
-    :data:`_HORIZON_DAYS`): the repositories run the raw-table plan instead."""
+    :data:`_WINDOW_DAYS`): the repositories run the raw-table plan instead."""
 
 
 def _where_series(alias: str, table: Table, name: bool = True) -> str:
