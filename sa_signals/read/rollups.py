@@ -20,9 +20,9 @@ read them. The answer is the raw-table computation's, not an approximation of it
   rest reads each range
   (a ``LATERAL`` index scan per range, rollups and signals table ``UNION ALL``). Catalog and
   data come from one snapshot: a write, replay or refresh committed meanwhile is seen entirely or
-  not at all. The SQL text depends only on the table, its rollups and the horizon, so prepared statements
-  and PostgreSQL's cached generic plans serve repeated calls (planning the statement costs
-  more than running it);
+  not at all. The SQL text depends only on the table, its rollups and the horizon, so
+  prepared statements and PostgreSQL's cached generic plans serve repeated calls (planning the
+  statement costs more than running it);
 * the signals-table reads are also bounded by ``now()`` minus a horizon a day longer than the
   window (rounded up on a ladder), which TimescaleDB evaluates when planning: the cached plan
   holds the chunks of the horizon, not those of the whole history. The statement reports
