@@ -201,6 +201,90 @@ def test_rollup_reads_see_writes_after_the_last_refresh_and_replays(pair: Pair) 
     _check_all(pair)
 
 
+def _transaction_cases() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        ("get_signal_summary", {"provider": "p", "hours_back": 24 * 8}),
+        ("get_signal_metrics", {"provider": "p", "symbol": "BTC", "signal_name": "price",
+                                "hours_back": 24 * 8}),
+        ("get_signal_buckets", {"provider": "p", "symbol": "BTC", "signal_name": "price",
+                                "bucket": DAY, "start_ts": NOW - timedelta(days=8),
+                                "end_ts": NOW}),
+    ]  # fmt: skip
+
+
+def _replays(pair: Pair) -> list[dict[str, Any]]:
+    with pair.db.engine.connect() as conn:
+        old = (
+            conn.execute(
+                select(pair.table)
+                .where(
+                    pair.table.c.ts.between(NOW - timedelta(days=6), NOW - timedelta(days=2)),
+                    pair.table.c.symbol == "BTC",
+                    pair.table.c.name == "price",
+                )
+                .limit(40)
+            )
+            .mappings()
+            .all()
+        )
+    return [{**row, "value": row["value"] * 3 + 7} for row in old]
+
+
+def test_reads_after_writes_in_the_same_transaction_see_the_writes(pair: Pair) -> None:
+    """TimescaleDB logs a transaction's writes into materialized buckets only when it commits:
+    a rollup read after a write in the same transaction (repositories in the caller's Session)
+    is answered by the raw table, so it sees the uncommitted replay as the raw path does."""
+    from sqlalchemy.orm import Session
+
+    replayed = _replays(pair)
+    with Session(pair.db.engine) as session, session.begin():
+        for method, args in _transaction_cases():
+            pair.statements.clear()
+            getattr(SignalQueryRepository(session, pair.table), method)(**args)
+            assert "signals_1h" in pair.statements[-1]  # nothing written yet: the rollups
+        SignalRepository(session, pair.table).upsert(replayed)
+        for method, args in _transaction_cases():
+            raw = getattr(SignalQueryRepository(session, pair.raw), method)(**args)
+            pair.statements.clear()
+            rolled = getattr(SignalQueryRepository(session, pair.table), method)(**args)
+            assert pair.used_rollup() and "signals_1h" not in pair.statements[-1], method
+            _same(rolled, raw, method)
+        session.rollback()
+    # The replay moved the series' maximum: a read trusting the stale buckets would differ.
+    with pair.db.engine.connect() as conn:
+        metrics = SignalQueryRepository(conn, pair.raw).get_signal_metrics(
+            "p", "BTC", "price", hours_back=24 * 8
+        )
+    assert len(replayed) == 40 and metrics["max_value"] < max(row["value"] for row in replayed)
+
+
+def test_async_reads_after_writes_in_the_same_transaction_see_the_writes(pair: Pair) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from sa_signals import AsyncSignalQueryRepository, AsyncSignalRepository
+
+    replayed = _replays(pair)
+
+    async def run() -> None:
+        engine = create_async_engine(pair.db.async_url)
+        try:
+            async with AsyncSession(engine) as session, session.begin():
+                await AsyncSignalRepository(session, pair.table).upsert(replayed)
+                for method, args in _transaction_cases():
+                    raw = await getattr(AsyncSignalQueryRepository(session, pair.raw), method)(
+                        **args
+                    )
+                    rolled = await getattr(AsyncSignalQueryRepository(session, pair.table), method)(
+                        **args
+                    )
+                    _same(rolled, raw, method)
+                await session.rollback()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
 def test_the_query_clients_use_the_rollups(pair: Pair) -> None:
     with SignalsQueryClient(pair.db.url, table=pair.table) as client:
         rolled = client.get_signal_summary("p", hours_back=24 * 8)

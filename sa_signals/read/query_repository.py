@@ -44,7 +44,7 @@ from .queries import (
     plan_summary,
 )
 from .rollups import (
-    OutsideHorizon,
+    RawTableNeeded,
     RollupState,
     plan_buckets_rollup,
     plan_metrics_rollup,
@@ -223,7 +223,7 @@ class SignalQueryMethods:
             return self._run_plan(plan)
         try:
             return self._run_plan(made)
-        except OutsideHorizon:
+        except RawTableNeeded:
             return self._run_plan(plan)
         except QueryError:
             _forget_rollups(engine, self.table)  # e.g. a rollup dropped since
@@ -628,7 +628,7 @@ class AsyncSignalQueryMethods:
             return await self._run_plan(plan)
         try:
             return await self._run_plan(made)
-        except OutsideHorizon:
+        except RawTableNeeded:
             return await self._run_plan(plan)
         except QueryError:
             _forget_rollups(engine, self.table)

@@ -26,8 +26,9 @@ read them. The answer is the raw-table computation's, not an approximation of it
 * the signals-table reads are also bounded by ``now()`` minus a horizon a day longer than the
   window (rounded up on a ladder), which TimescaleDB evaluates when planning: the cached plan
   holds the chunks of the horizon, not those of the whole history. The statement reports
-  whether that bound cut into the window (a server clock well ahead of the client's); if it
-  did, the raw-table query answers (:class:`OutsideHorizon`);
+  whether that bound cut into the window (a server clock well ahead of the client's), and
+  whether its transaction has written (TimescaleDB logs the invalidations of a transaction's
+  writes only at commit); either way, the raw-table query answers (:class:`RawTableNeeded`);
 * the parts are merged with Chan et al.'s formula over per-part ``(count, mean, M2)`` in two
   magnitude groups, as the raw-table queries do (nothing overflows): by the statement itself
   for the metrics (one row comes back), by Python per bucket for the buckets.
@@ -82,7 +83,7 @@ from .queries import (
 )
 
 __all__ = [
-    "OutsideHorizon",
+    "RawTableNeeded",
     "RollupState",
     "cover",
     "plan_buckets_rollup",
@@ -406,17 +407,28 @@ def _horizon_bound(ts: str, days: int | None) -> str:
     return "" if days is None else f" AND {ts} > now() - CAST('{days} days' AS interval)"
 
 
-def _horizon_check(days: int | None) -> str:
-    """True when the bound cut nothing from the window: the server's ``now()`` minus the
-    horizon lies before ``:since`` (false only with a server clock far ahead of the client's)."""
+#: The transaction has written nothing (it has no transaction id): TimescaleDB logs a
+#: transaction's writes into materialized buckets as invalidations only when it commits, so a
+#: read after a write in the same transaction (a repository in the caller's ``Session``) would
+#: trust buckets that the write has made stale.
+_NO_WRITES = "pg_current_xact_id_if_assigned() IS NULL"
+
+
+def _trust_check(days: int | None) -> str:
+    """True when the rollups may answer: the transaction has written nothing and the horizon's
+    bound cut nothing from the window (the server's ``now()`` minus the horizon lies before
+    ``:since``; false only with a server clock far ahead of the client's)."""
     if days is None:
-        return "true"
-    return f"(now() - CAST('{days} days' AS interval) < CAST(:since AS timestamptz))"
+        return f"({_NO_WRITES})"
+    return (
+        f"({_NO_WRITES} AND now() - CAST('{days} days' AS interval) < CAST(:since AS timestamptz))"
+    )
 
 
-class OutsideHorizon(Exception):
-    """A rollup read's signals-table bound may have cut rows from the window (see
-    :data:`_WINDOW_DAYS`): the repositories run the raw-table plan instead."""
+class RawTableNeeded(Exception):
+    """A rollup read's answer cannot be trusted (its transaction has written, or its
+    signals-table bound may have cut rows from the window, see :data:`_WINDOW_DAYS`): the
+    repositories run the raw-table plan instead."""
 
 
 def _where_series(alias: str, table: Table, name: bool = True) -> str:
@@ -459,7 +471,7 @@ def _summary_sql(table: Table, levels: tuple[Rollup, ...], days: int | None) -> 
     )
     return (
         "SELECT CAST(sum(p.n) AS bigint), count(DISTINCT p.symbol), count(DISTINCT p.name), "
-        f"max(p.last_ts), min(p.first_ts), {_horizon_check(days)} "
+        f"max(p.last_ts), min(p.first_ts), {_trust_check(days)} "
         "FROM (" + " UNION ALL ".join(parts) + ") AS p"
     )
 
@@ -508,10 +520,10 @@ def _moments_sql(table: Table, levels: tuple[Rollup, ...], bucketed: bool, days:
         + f") AS s({'bucket, ' if bucketed else ''}{_NAMES}){_FEW}"
     )  # fmt: skip
     if bucketed:
-        # The horizon check as one more row, told apart by its NULL bucket (a part's never is):
+        # The trust check as one more row, told apart by its NULL bucket (a part's never is):
         # the result has it even when the window holds no signal.
         parts.append(
-            f"SELECT NULL, CAST(CASE WHEN {_horizon_check(days)} THEN 1 ELSE 0 END AS bigint)"
+            f"SELECT NULL, CAST(CASE WHEN {_trust_check(days)} THEN 1 ELSE 0 END AS bigint)"
             + ", NULL" * (len(_NAMES.split(", ")) - 1)
         )
     return " UNION ALL ".join(parts)
@@ -560,7 +572,7 @@ def _summary_statement(table: Table, levels: tuple[Rollup, ...], days: int | Non
         column("names", BigInteger()),
         column("latest", _TZ),
         column("earliest", _TZ),
-        column("horizon_ok", Boolean()),
+        column("rollup_ok", Boolean()),
     )
     return statement  # type: ignore[no-any-return]
 
@@ -598,7 +610,7 @@ _MERGED_COLUMNS = (
     ("last", Float()),
     ("last_ts", _TZ),
     ("first_ts", _TZ),
-    ("horizon_ok", Boolean()),
+    ("rollup_ok", Boolean()),
 )
 
 
@@ -615,7 +627,7 @@ def _moments_statement(
         columns += [column(name, kind) for name, kind in _MOMENT_COLUMNS]
     else:
         sql = f"WITH {_state_cte(len(levels))}, {cover_ctes(widths)}" + _MERGED.format(
-            parts=parts, check=_horizon_check(days)
+            parts=parts, check=_trust_check(days)
         )
         columns = [column(name, kind) for name, kind in _MERGED_COLUMNS]
     statement = _binds(text(sql), moments=True, bucketed=bucketed).columns(*columns)
@@ -677,9 +689,9 @@ def _empty_metrics() -> SignalMetrics:
 
 def _finish_metrics(rows: Sequence[Any]) -> SignalMetrics:
     (count, low, high, small, small_mean, small_m2, large, large_mean, large_m2, last_value,
-     last_ts, first_ts, horizon_ok) = rows[0]  # fmt: skip
-    if not horizon_ok:
-        raise OutsideHorizon
+     last_ts, first_ts, rollup_ok) = rows[0]  # fmt: skip
+    if not rollup_ok:
+        raise RawTableNeeded
     if not count:
         return _empty_metrics()
     mean, stddev = _mean_and_stddev(
@@ -705,16 +717,16 @@ def _finish_metrics(rows: Sequence[Any]) -> SignalMetrics:
 def _finish_buckets(width: timedelta) -> Any:
     def finish(rows: Sequence[Any]) -> list[SignalBucket]:
         groups: dict[datetime, list[Sequence[Any]]] = {}
-        horizon_ok = False
+        rollup_ok = False
         for row in rows:
             start = _utc(row[0])
-            if start is None:  # the horizon check's row
-                horizon_ok = row[1] == 1
+            if start is None:  # the trust check's row
+                rollup_ok = row[1] == 1
                 continue
             key = _floor(start, width) or start
             groups.setdefault(key, []).append(row[1:])
-        if not horizon_ok:
-            raise OutsideHorizon
+        if not rollup_ok:
+            raise RawTableNeeded
         out: list[SignalBucket] = []
         for key in sorted(groups):
             merged = _merge(groups[key])
@@ -773,9 +785,9 @@ def plan_summary_rollup(
     finish = base.finish
 
     def checked(rows: Sequence[Any]) -> SignalSummary:
-        *summary, horizon_ok = rows[0]
-        if not horizon_ok:
-            raise OutsideHorizon
+        *summary, rollup_ok = rows[0]
+        if not rollup_ok:
+            raise RawTableNeeded
         return finish([summary])
 
     return QueryPlan(statement, _state_params(levels, params), checked)
